@@ -1,0 +1,22 @@
+"""The fused Conv + BatchNorm + LeakyReLU op: native when built, pure TF otherwise."""
+from pyae.ops import _gradients  # noqa: F401  registers the native gradient by op name
+from pyae.ops._api import IMPLS, FusedOutput, fused_conv_bn_leaky_relu, in_xla_context, resolve_impl
+from pyae.ops._build import build_info
+from pyae.ops._loader import FORCE_FALLBACK_ENV, load
+
+__all__ = [
+    "FORCE_FALLBACK_ENV",
+    "IMPLS",
+    "FusedOutput",
+    "build_info",
+    "fused_conv_bn_leaky_relu",
+    "in_xla_context",
+    "load",
+    "native_available",
+    "resolve_impl",
+]
+
+
+def native_available():
+    """True when the native TF op library is loaded and usable in this process."""
+    return load() is not None

@@ -1,0 +1,104 @@
+"""The public fused op: validates arguments, picks the implementation, returns y and stats."""
+import collections
+
+import tensorflow as tf
+
+from pyae.ops import _fallback, _loader, geometry
+
+IMPLS = ("auto", "native", "tf")
+
+FusedOutput = collections.namedtuple("FusedOutput", ["y", "mean", "variance"])
+
+
+def in_xla_context():
+    """True while tracing a function that XLA will compile (custom ops can't enter it)."""
+    from tensorflow.python.ops import control_flow_util  # pylint: disable=import-outside-toplevel
+
+    graph = tf.compat.v1.get_default_graph()
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+
+
+def resolve_impl(impl, dtype=tf.float32):
+    """Return "native" or "tf" for the requested ``impl``; explain when native is impossible."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "tf":
+        return "tf"
+    native_problem = None
+    if tf.as_dtype(dtype) != tf.float32:
+        native_problem = f"the native op computes in float32, got {tf.as_dtype(dtype).name}"
+    elif in_xla_context():
+        native_problem = "a custom op cannot run inside an XLA (jit_compile) function"
+    elif _loader.load() is None:
+        native_problem = _loader.fallback_reason()
+    if native_problem is None:
+        return "native"
+    if impl == "native":
+        raise ValueError(f"impl='native' is not available: {native_problem}")
+    return "tf"
+
+
+def _check_args(x, kernel, gamma, beta, moving_mean, moving_variance, transpose):
+    if not x.dtype.is_floating:
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype.name}")
+    if x.shape.rank is not None and x.shape.rank != 4:
+        raise ValueError(f"x must be rank 4 (NHWC), got shape {x.shape}")
+    if kernel.shape.rank != 4:
+        raise ValueError(f"kernel must be rank 4 (kh, kw, ...), got shape {kernel.shape}")
+    in_axis = 3 if transpose else 2
+    out_axis = 2 if transpose else 3
+    in_channels = x.shape[-1]
+    if in_channels is not None and kernel.shape[in_axis] != in_channels:
+        raise ValueError(
+            f"x has {in_channels} channels but kernel shape {kernel.shape} expects "
+            f"{kernel.shape[in_axis]} input channels"
+        )
+    filters = kernel.shape[out_axis]
+    for name, tensor in (("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
+                         ("moving_variance", moving_variance)):
+        if tensor.shape.rank != 1 or tensor.shape[0] != filters:
+            raise ValueError(
+                f"{name} must have shape ({filters},) to match the kernel's {filters} filters, "
+                f"got {tensor.shape}"
+            )
+    if x.shape[0] == 0:
+        raise ValueError(f"x has an empty batch: shape {x.shape}")
+
+
+def fused_conv_bn_leaky_relu(
+    x, kernel, gamma, beta, moving_mean, moving_variance,
+    *, strides=1, padding="same", epsilon=1e-3, negative_slope=0.3,
+    training=False, transpose=False, impl="auto",
+):
+    """``leaky_relu(batch_norm(conv(x, kernel)))`` as one op.
+
+    ``kernel`` is laid out as Keras stores it: ``(kh, kw, in, out)`` for a convolution,
+    ``(kh, kw, out, in)`` for a transposed one. In training the batch statistics are used
+    and returned (biased variance, as ``keras.ops.moments``); in inference the moving ones
+    are. The returned statistics carry no gradient: they feed moving averages only.
+    """
+    x = tf.convert_to_tensor(x)
+    kernel, gamma, beta, moving_mean, moving_variance = (
+        tf.convert_to_tensor(t, dtype=x.dtype)
+        for t in (kernel, gamma, beta, moving_mean, moving_variance)
+    )
+    strides = geometry.normalize_pair(strides, "strides")
+    padding = geometry.normalize_padding(padding)
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+    if not negative_slope >= 0:
+        raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
+    _check_args(x, kernel, gamma, beta, moving_mean, moving_variance, transpose)
+    training = bool(training)
+    if resolve_impl(impl, x.dtype) == "tf":
+        return FusedOutput(*_fallback.fused_conv_bn_leaky_relu(
+            x, kernel, gamma, beta, moving_mean, moving_variance,
+            strides=strides, padding=padding, epsilon=epsilon,
+            negative_slope=negative_slope, training=training, transpose=transpose,
+        ))
+    y, mean, variance = _loader.load().pyae_fused_conv_bn_leaky_relu(
+        x, kernel, gamma, beta, moving_mean, moving_variance,
+        strides=list(strides), padding=padding.upper(), epsilon=float(epsilon),
+        negative_slope=float(negative_slope), is_training=training, transpose=transpose,
+    )
+    return FusedOutput(y, tf.stop_gradient(mean), tf.stop_gradient(variance))

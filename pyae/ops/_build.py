@@ -1,0 +1,41 @@
+"""``build_info()``: what was built, against what, and why anything was not."""
+import tensorflow as tf
+
+from pyae.ops import _loader
+
+
+def _native_module_info():
+    try:
+        from pyae import _native  # pylint: disable=import-outside-toplevel
+    except ImportError as err:
+        return {"available": False, "reason": str(err)}
+    info = dict(_native.build_info())
+    info["available"] = True
+    return info
+
+
+def build_info():
+    """A dict describing the native parts of this installation.
+
+    Keys: ``tf_ops`` (the TF op library: built, loaded, the TF version and ABI it was built
+    for, the running ones, and the reason it is not used, if any), ``native_module`` (the
+    pybind11 module ``pyae._native``: its kernels and CUDA support), ``cuda`` and
+    ``compile_flags`` as recorded by CMake.
+    """
+    recorded = _loader.read_build_info()
+    library = _loader.load()
+    return {
+        "tf_ops": {
+            "built": _loader.LIBRARY_PATH.exists(),
+            "loaded": library is not None,
+            "built_for_tf": recorded.get("tf_version"),
+            "built_cxx11_abi": recorded.get("tf_cxx11_abi"),
+            "running_tf": tf.__version__,
+            "running_cxx11_abi": tf.sysconfig.CXX11_ABI_FLAG,
+            "reason": _loader.fallback_reason(),
+        },
+        "native_module": _native_module_info(),
+        "cuda": recorded.get("cuda", {"built": False, "reason": "no build information recorded"}),
+        "compile_flags": recorded.get("compile_flags"),
+        "build_type": recorded.get("build_type"),
+    }

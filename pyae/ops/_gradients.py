@@ -1,0 +1,25 @@
+"""Gradient of the native op: a second native op, registered by name."""
+import tensorflow as tf
+
+from pyae.ops import _loader
+
+FORWARD_OP = "PyaeFusedConvBnLeakyRelu"
+
+
+@tf.RegisterGradient(FORWARD_OP)
+def _fused_conv_bn_leaky_relu_grad(op, grad_y, _grad_mean, _grad_variance):
+    # The mean/variance outputs feed moving averages only (the Python wrapper stops their
+    # gradient), so their incoming gradients are ignored.
+    x, kernel, gamma, beta = op.inputs[0], op.inputs[1], op.inputs[2], op.inputs[3]
+    y, mean, variance = op.outputs
+    library = _loader.load()
+    grad_x, grad_kernel, grad_gamma, grad_beta = library.pyae_fused_conv_bn_leaky_relu_grad(
+        grad_y, x, kernel, gamma, beta, y, mean, variance,
+        strides=op.get_attr("strides"),
+        padding=op.get_attr("padding"),
+        epsilon=op.get_attr("epsilon"),
+        negative_slope=op.get_attr("negative_slope"),
+        is_training=op.get_attr("is_training"),
+        transpose=op.get_attr("transpose"),
+    )
+    return grad_x, grad_kernel, grad_gamma, grad_beta, None, None
