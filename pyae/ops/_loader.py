@@ -24,7 +24,10 @@ def read_build_info():
     """What CMake recorded at build time, or an empty dict if nothing was built."""
     if not BUILD_INFO_PATH.exists():
         return {}
-    return json.loads(BUILD_INFO_PATH.read_text())
+    try:
+        return json.loads(BUILD_INFO_PATH.read_text())
+    except (OSError, ValueError) as err:
+        return {"tf_ops_reason": f"{BUILD_INFO_PATH.name} is unreadable ({err})"}
 
 
 def _minor(version):

@@ -1,0 +1,173 @@
+// pybind11 module pyae._native: the CPU kernels on numpy arrays, plus build_info().
+// Thin by design: shapes are checked by the kernels' own geometry code.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "conv_geometry.h"
+#include "fused_conv_bn_lrelu.h"
+#include "parallel.h"
+#ifdef PYAE_WITH_CUDA
+#include "gpu_bindings.h"
+#endif
+
+namespace py = pybind11;
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+namespace {
+
+std::vector<int64_t> ShapeOf(const FloatArray& array, const char* name, int rank) {
+  if (array.ndim() != rank) {
+    throw py::value_error(std::string(name) + " must have rank " + std::to_string(rank) +
+                          ", got rank " + std::to_string(array.ndim()));
+  }
+  return std::vector<int64_t>(array.shape(), array.shape() + rank);
+}
+
+void CheckVector(const FloatArray& array, const char* name, int64_t channels) {
+  if (array.ndim() != 1 || array.shape(0) != channels) {
+    throw py::value_error(std::string(name) + " must have shape (" + std::to_string(channels) +
+                          ",) to match the kernel's filters");
+  }
+}
+
+pyae::FusedParams MakeParams(const FloatArray& x, const FloatArray& kernel,
+                             std::pair<int64_t, int64_t> strides, const std::string& padding,
+                             float epsilon, float negative_slope, bool training,
+                             bool transpose) {
+  auto x_shape = ShapeOf(x, "x", 4);
+  auto kernel_shape = ShapeOf(kernel, "kernel", 4);
+  if (padding != "same" && padding != "valid" && padding != "SAME" && padding != "VALID") {
+    throw py::value_error("padding must be 'same' or 'valid', got '" + padding + "'");
+  }
+  if (!(epsilon > 0.0f)) throw py::value_error("epsilon must be > 0");
+  if (!(negative_slope >= 0.0f)) throw py::value_error("negative_slope must be >= 0");
+  pyae::FusedParams params;
+  const auto pad = (padding == "same" || padding == "SAME") ? pyae::Padding::kSame
+                                                            : pyae::Padding::kValid;
+  std::string err = pyae::MakeGeometry(x_shape.data(), kernel_shape.data(), strides.first,
+                                       strides.second, pad, transpose, &params.geometry);
+  if (!err.empty()) throw py::value_error(err);
+  params.epsilon = epsilon;
+  params.negative_slope = negative_slope;
+  params.training = training;
+  return params;
+}
+
+pyae::Runtime DefaultRuntime() {
+  const int threads = std::max(1u, std::thread::hardware_concurrency());
+  return {pyae::StdThreadRunner(threads), threads};
+}
+
+// Outputs start as NaN so a kernel that misses an element is caught by any comparison.
+FloatArray Poisoned(const std::vector<int64_t>& shape) {
+  FloatArray array(shape);
+  std::fill(array.mutable_data(), array.mutable_data() + array.size(),
+            std::numeric_limits<float>::quiet_NaN());
+  return array;
+}
+
+std::vector<int64_t> ZShape(const pyae::ConvGeometry& g) {
+  return g.transpose ? std::vector<int64_t>{g.batch, g.big_h, g.big_w, g.big_c}
+                     : std::vector<int64_t>{g.batch, g.small_h, g.small_w, g.small_c};
+}
+
+py::tuple Forward(const FloatArray& x, const FloatArray& kernel, const FloatArray& gamma,
+                  const FloatArray& beta, const FloatArray& moving_mean,
+                  const FloatArray& moving_variance, std::pair<int64_t, int64_t> strides,
+                  const std::string& padding, float epsilon, float negative_slope,
+                  bool training, bool transpose) {
+  auto params = MakeParams(x, kernel, strides, padding, epsilon, negative_slope, training,
+                           transpose);
+  const int64_t channels = params.geometry.z_channels();
+  for (auto [array, name] : {std::pair{&gamma, "gamma"}, {&beta, "beta"},
+                             {&moving_mean, "moving_mean"}, {&moving_variance, "moving_variance"}}) {
+    CheckVector(*array, name, channels);
+  }
+  FloatArray y = Poisoned(ZShape(params.geometry));
+  FloatArray mean = Poisoned({channels}), variance = Poisoned({channels});
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = pyae::FusedForward(params, DefaultRuntime(), x.data(), kernel.data(), gamma.data(),
+                             beta.data(), moving_mean.data(), moving_variance.data(),
+                             y.mutable_data(), mean.mutable_data(), variance.mutable_data());
+  }
+  if (!err.empty()) throw py::value_error(err);
+  return py::make_tuple(y, mean, variance);
+}
+
+py::tuple Backward(const FloatArray& dy, const FloatArray& x, const FloatArray& kernel,
+                   const FloatArray& gamma, const FloatArray& beta, const FloatArray& y,
+                   const FloatArray& mean, const FloatArray& variance,
+                   std::pair<int64_t, int64_t> strides, const std::string& padding,
+                   float epsilon, float negative_slope, bool training, bool transpose) {
+  auto params = MakeParams(x, kernel, strides, padding, epsilon, negative_slope, training,
+                           transpose);
+  const auto z_shape = ZShape(params.geometry);
+  const int64_t channels = params.geometry.z_channels();
+  for (auto [array, name] : {std::pair{&gamma, "gamma"}, {&beta, "beta"}, {&mean, "mean"},
+                             {&variance, "variance"}}) {
+    CheckVector(*array, name, channels);
+  }
+  for (auto [array, name] : {std::pair{&dy, "dy"}, {&y, "y"}}) {
+    if (ShapeOf(*array, name, 4) != z_shape) {
+      throw py::value_error(std::string(name) + " must have the output's shape");
+    }
+  }
+  FloatArray dx = Poisoned(ShapeOf(x, "x", 4));
+  FloatArray dkernel = Poisoned(ShapeOf(kernel, "kernel", 4));
+  FloatArray dgamma = Poisoned({channels}), dbeta = Poisoned({channels});
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = pyae::FusedBackward(params, DefaultRuntime(), dy.data(), x.data(), kernel.data(),
+                              gamma.data(), beta.data(), y.data(), mean.data(), variance.data(),
+                              dx.mutable_data(), dkernel.mutable_data(), dgamma.mutable_data(),
+                              dbeta.mutable_data());
+  }
+  if (!err.empty()) throw py::value_error(err);
+  return py::make_tuple(dx, dkernel, dgamma, dbeta);
+}
+
+py::dict BuildInfo() {
+  py::dict info;
+  info["cpu_kernels"] = true;
+  info["blas"] = "OpenBLAS (scipy-openblas32)";
+#ifdef PYAE_WITH_CUDA
+  info["cuda_kernels"] = true;
+#else
+  info["cuda_kernels"] = false;
+#endif
+  info["compiler"] = PYAE_COMPILER;
+  info["compile_flags"] = PYAE_COMPILE_FLAGS;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "pyae's fused Conv + BatchNorm + LeakyReLU kernels on numpy arrays.";
+  m.def("conv_bn_lrelu_forward", &Forward, py::arg("x"), py::arg("kernel"), py::arg("gamma"),
+        py::arg("beta"), py::arg("moving_mean"), py::arg("moving_variance"),
+        py::arg("strides") = std::pair<int64_t, int64_t>{1, 1}, py::arg("padding") = "same",
+        py::arg("epsilon") = 1e-3f, py::arg("negative_slope") = 0.3f,
+        py::arg("training") = false, py::arg("transpose") = false,
+        "Returns (y, mean, variance); the statistics are the batch's in training.");
+  m.def("conv_bn_lrelu_backward", &Backward, py::arg("dy"), py::arg("x"), py::arg("kernel"),
+        py::arg("gamma"), py::arg("beta"), py::arg("y"), py::arg("mean"), py::arg("variance"),
+        py::arg("strides") = std::pair<int64_t, int64_t>{1, 1}, py::arg("padding") = "same",
+        py::arg("epsilon") = 1e-3f, py::arg("negative_slope") = 0.3f,
+        py::arg("training") = false, py::arg("transpose") = false,
+        "Returns (dx, dkernel, dgamma, dbeta) given the forward's y, mean and variance.");
+  m.def("build_info", &BuildInfo);
+#ifdef PYAE_WITH_CUDA
+  register_gpu_bindings(m);
+#endif
+}

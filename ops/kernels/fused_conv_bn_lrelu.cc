@@ -1,0 +1,381 @@
+#include "fused_conv_bn_lrelu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <vector>
+
+#include "gemm.h"
+#include "im2col.h"
+
+namespace pyae {
+namespace {
+
+// Images split into one contiguous range per task, so col2im never races between tasks.
+struct ImageBlocks {
+  int64_t count;
+  int64_t batch;
+  int64_t begin(int64_t block) const { return block * batch / count; }
+  int64_t end(int64_t block) const { return (block + 1) * batch / count; }
+};
+
+ImageBlocks MakeBlocks(const ConvGeometry& g, const Runtime& runtime) {
+  const int64_t count = std::max<int64_t>(1, std::min<int64_t>(g.batch, runtime.num_threads));
+  return {count, g.batch};
+}
+
+// Tiles of small-image pixels sized so their patch matrix (~1 MiB) stays in L2.
+int64_t TileRows(const ConvGeometry& g) {
+  constexpr int64_t kTileFloats = 256 * 1024;
+  return std::max<int64_t>(32, kTileFloats / g.patch_size());
+}
+
+template <typename Fn>
+void ForEachTile(const ConvGeometry& g, int64_t first_image, int64_t end_image, Fn fn) {
+  const int64_t tile_rows = TileRows(g);
+  const int64_t end = end_image * g.small_pixels();
+  for (int64_t s = first_image * g.small_pixels(); s < end; s += tile_rows) {
+    fn(s, std::min(tile_rows, end - s));
+  }
+}
+
+// Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
+// sees each finished run of z rows while it is still in cache.
+template <typename OnRows>
+void ComputeZ(const ConvGeometry& g, const float* x, const float* kernel, int64_t first,
+              int64_t end, std::vector<float>* cols, float* z, OnRows on_rows) {
+  const int64_t patch = g.patch_size();
+  cols->resize(TileRows(g) * patch);
+  if (!g.transpose) {
+    ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
+      Im2Col(g, x, s, rows, cols->data());
+      float* z_rows = z + s * g.small_c;
+      Gemm(false, false, rows, g.small_c, patch, 1.0f, cols->data(), patch, kernel, g.small_c,
+           0.0f, z_rows, g.small_c);
+      on_rows(z_rows, rows);
+    });
+    return;
+  }
+  float* z_block = z + first * g.big_pixels() * g.big_c;
+  const int64_t block_rows = (end - first) * g.big_pixels();
+  std::memset(z_block, 0, sizeof(float) * block_rows * g.big_c);
+  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
+    Gemm(false, true, rows, patch, g.small_c, 1.0f, x + s * g.small_c, g.small_c, kernel,
+         g.small_c, 0.0f, cols->data(), patch);
+    Col2ImAdd(g, cols->data(), s, rows, z);
+  });
+  on_rows(z_block, block_rows);
+}
+
+void AccumulateMoments(const float* z, int64_t rows, int64_t channels, double* sum,
+                       double* sum_sq) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = z + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const double v = row[c];
+      sum[c] += v;
+      sum_sq[c] += v * v;
+    }
+  }
+}
+
+// y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
+float ApplyEpilogue(float* z, int64_t rows, int64_t channels, const float* scale,
+                    const float* shift, float slope) {
+  float probe = 0.0f;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = z + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float u = row[c] * scale[c] + shift[c];
+      probe += u - u;  // 0 for finite u, NaN otherwise
+      row[c] = u > 0.0f ? u : u * slope;
+    }
+  }
+  return probe;
+}
+
+// Sums a [count, length] array of per-task partials into out[length].
+template <typename T>
+void SumPartials(const std::vector<T>& partials, int64_t count, int64_t length, T* out) {
+  for (int64_t i = 0; i < length; ++i) out[i] = 0;
+  for (int64_t b = 0; b < count; ++b) {
+    for (int64_t i = 0; i < length; ++i) out[i] += partials[b * length + i];
+  }
+}
+
+std::string CheckFinite(const char* name, const float* values, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(values[i])) {
+      std::ostringstream err;
+      err << name << " contains NaN or Inf (element " << i << " is " << values[i] << ")";
+      return err.str();
+    }
+  }
+  return "";
+}
+
+std::string CheckParameters(const FusedParams& p, const float* kernel, const float* gamma,
+                            const float* beta) {
+  const ConvGeometry& g = p.geometry;
+  std::string err = CheckFinite("kernel", kernel, g.patch_size() * g.small_c);
+  if (err.empty()) err = CheckFinite("gamma", gamma, g.z_channels());
+  if (err.empty()) err = CheckFinite("beta", beta, g.z_channels());
+  return err;
+}
+
+std::string NonFiniteInput(const char* tensor, int64_t channel) {
+  std::ostringstream err;
+  err << tensor << " contains NaN or Inf (the result in channel " << channel
+      << " is not finite)";
+  return err.str();
+}
+
+// Everything the backward needs per channel.
+struct ChannelTerms {
+  std::vector<float> rstd, inv_gamma, dz_du, dz_bias, dz_xhat;
+};
+
+// Recovers (du, xhat) at one element, from y alone or from a recomputed z.
+template <bool kInvert>
+struct Preactivation {
+  const float* y;
+  const float* dy;
+  const float* z;  // recomputed z, used when !kInvert
+  const float* beta;
+  const float* mean;
+  const ChannelTerms* terms;
+  float slope, inv_slope;
+
+  inline void At(int64_t index, int64_t c, float* du, float* xhat) const {
+    const float yv = y[index];
+    const bool positive = yv > 0.0f;
+    *du = positive ? dy[index] : dy[index] * slope;
+    if (kInvert) {
+      const float u = positive ? yv : yv * inv_slope;
+      *xhat = (u - beta[c]) * terms->inv_gamma[c];
+    } else {
+      *xhat = (z[index] - mean[c]) * terms->rstd[c];
+    }
+  }
+};
+
+template <bool kInvert>
+void AccumulateGradSums(const Preactivation<kInvert>& pre, int64_t first_row, int64_t rows,
+                        int64_t channels, double* sum_du, double* sum_du_xhat) {
+  for (int64_t r = first_row; r < first_row + rows; ++r) {
+    for (int64_t c = 0; c < channels; ++c) {
+      float du, xhat;
+      pre.At(r * channels + c, c, &du, &xhat);
+      sum_du[c] += du;
+      sum_du_xhat[c] += static_cast<double>(du) * xhat;
+    }
+  }
+}
+
+template <bool kInvert>
+void ComputeDz(const Preactivation<kInvert>& pre, int64_t first_row, int64_t rows,
+               int64_t channels, float* dz) {
+  const ChannelTerms& t = *pre.terms;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < channels; ++c) {
+      float du, xhat;
+      pre.At((first_row + r) * channels + c, c, &du, &xhat);
+      dz[r * channels + c] = t.dz_du[c] * du + t.dz_bias[c] + t.dz_xhat[c] * xhat;
+    }
+  }
+}
+
+// dx and this task's share of dkernel for images [first, end).
+template <bool kInvert>
+void ConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
+                       const float* x, const float* kernel, int64_t first, int64_t end,
+                       float* dx, float* dkernel_partial) {
+  const int64_t patch = g.patch_size();
+  const int64_t tile_rows = TileRows(g);
+  std::vector<float> cols(tile_rows * patch);
+  if (!g.transpose) {
+    std::vector<float> dz(tile_rows * g.small_c);
+    std::memset(dx + first * g.big_pixels() * g.big_c, 0,
+                sizeof(float) * (end - first) * g.big_pixels() * g.big_c);
+    ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
+      ComputeDz(pre, s, rows, g.small_c, dz.data());
+      Gemm(false, true, rows, patch, g.small_c, 1.0f, dz.data(), g.small_c, kernel, g.small_c,
+           0.0f, cols.data(), patch);
+      Col2ImAdd(g, cols.data(), s, rows, dx);
+      Im2Col(g, x, s, rows, cols.data());
+      Gemm(true, false, patch, g.small_c, rows, 1.0f, cols.data(), patch, dz.data(), g.small_c,
+           1.0f, dkernel_partial, g.small_c);
+    });
+    return;
+  }
+  // Transposed: z is the big image, so its gradient is needed around each x pixel; build dz
+  // for this task's images first (scratch freed on return, never kept for the backward).
+  const int64_t z_rows = (end - first) * g.big_pixels();
+  std::vector<float> dz_block(z_rows * g.big_c);
+  ComputeDz(pre, first * g.big_pixels(), z_rows, g.big_c, dz_block.data());
+  const float* dz_images = dz_block.data() - first * g.big_pixels() * g.big_c;
+  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
+    Im2Col(g, dz_images, s, rows, cols.data());
+    Gemm(false, false, rows, g.small_c, patch, 1.0f, cols.data(), patch, kernel, g.small_c,
+         0.0f, dx + s * g.small_c, g.small_c);
+    Gemm(true, false, patch, g.small_c, rows, 1.0f, cols.data(), patch, x + s * g.small_c,
+         g.small_c, 1.0f, dkernel_partial, g.small_c);
+  });
+}
+
+template <bool kInvert>
+std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactivation<kInvert> pre,
+                         ChannelTerms* terms, const float* x, const float* kernel,
+                         const float* gamma, float* dx, float* dkernel, float* dgamma,
+                         float* dbeta) {
+  const ConvGeometry& g = p.geometry;
+  const int64_t channels = g.z_channels();
+  const ImageBlocks blocks = MakeBlocks(g, runtime);
+  std::vector<double> sums(blocks.count * channels * 2, 0.0);
+  runtime.run_tasks(blocks.count, [&](int64_t b) {
+    double* sum_du = sums.data() + b * channels * 2;
+    AccumulateGradSums(pre, blocks.begin(b) * g.z_pixels(),
+                       (blocks.end(b) - blocks.begin(b)) * g.z_pixels(), channels, sum_du,
+                       sum_du + channels);
+  });
+  std::vector<double> totals(channels * 2);
+  SumPartials(sums, blocks.count, channels * 2, totals.data());
+  const double count = static_cast<double>(g.batch * g.z_pixels());
+  for (int64_t c = 0; c < channels; ++c) {
+    dbeta[c] = static_cast<float>(totals[c]);
+    dgamma[c] = static_cast<float>(totals[channels + c]);
+    if (!std::isfinite(dbeta[c]) || !std::isfinite(dgamma[c])) {
+      return NonFiniteInput("dy (the upstream gradient)", c);
+    }
+    terms->dz_du[c] = gamma[c] * terms->rstd[c];
+    terms->dz_bias[c] = p.training ? static_cast<float>(-terms->dz_du[c] * totals[c] / count) : 0.f;
+    terms->dz_xhat[c] =
+        p.training ? static_cast<float>(-terms->dz_du[c] * totals[channels + c] / count) : 0.f;
+  }
+  const int64_t kernel_size = g.patch_size() * g.small_c;
+  std::vector<float> kernel_partials(blocks.count * kernel_size, 0.0f);
+  runtime.run_tasks(blocks.count, [&](int64_t b) {
+    ConvBackwardBlock(g, pre, x, kernel, blocks.begin(b), blocks.end(b), dx,
+                      kernel_partials.data() + b * kernel_size);
+  });
+  SumPartials(kernel_partials, blocks.count, kernel_size, dkernel);
+  return "";
+}
+
+}  // namespace
+
+bool CanInvertOutput(const float* gamma, const float* beta, int64_t channels,
+                     float negative_slope) {
+  if (!(negative_slope > 0.0f)) return false;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float g = std::fabs(gamma[c]);
+    if (!(g >= 1e-6f) || !(std::fabs(beta[c]) <= 64.0f * g)) return false;
+  }
+  return true;
+}
+
+std::string FusedForward(const FusedParams& p, const Runtime& runtime, const float* x,
+                         const float* kernel, const float* gamma, const float* beta,
+                         const float* moving_mean, const float* moving_variance, float* y,
+                         float* mean_out, float* variance_out) {
+  const ConvGeometry& g = p.geometry;
+  std::string err = CheckParameters(p, kernel, gamma, beta);
+  if (!err.empty()) return err;
+  const int64_t channels = g.z_channels();
+  const ImageBlocks blocks = MakeBlocks(g, runtime);
+  std::vector<float> scale(channels), shift(channels);
+  auto set_affine = [&](const float* mean, const float* variance) {
+    for (int64_t c = 0; c < channels; ++c) {
+      scale[c] = gamma[c] / std::sqrt(variance[c] + p.epsilon);
+      shift[c] = beta[c] - mean[c] * scale[c];
+    }
+  };
+  std::vector<float> probes(blocks.count, 0.0f);
+  if (!p.training) {
+    err = CheckFinite("moving_mean", moving_mean, channels);
+    if (err.empty()) err = CheckFinite("moving_variance", moving_variance, channels);
+    if (!err.empty()) return err;
+    set_affine(moving_mean, moving_variance);
+    runtime.run_tasks(blocks.count, [&](int64_t b) {
+      std::vector<float> cols;
+      ComputeZ(g, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
+               [&](float* rows, int64_t count) {
+                 probes[b] += ApplyEpilogue(rows, count, channels, scale.data(), shift.data(),
+                                            p.negative_slope);
+               });
+    });
+    for (float probe : probes) {
+      if (!std::isfinite(probe)) return "x contains NaN or Inf (the output is not finite)";
+    }
+    std::memcpy(mean_out, moving_mean, sizeof(float) * channels);
+    std::memcpy(variance_out, moving_variance, sizeof(float) * channels);
+    return "";
+  }
+  std::vector<double> moments(blocks.count * channels * 2, 0.0);
+  runtime.run_tasks(blocks.count, [&](int64_t b) {
+    std::vector<float> cols;
+    double* sum = moments.data() + b * channels * 2;
+    ComputeZ(g, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
+             [&](float* rows, int64_t count) {
+               AccumulateMoments(rows, count, channels, sum, sum + channels);
+             });
+  });
+  std::vector<double> totals(channels * 2);
+  SumPartials(moments, blocks.count, channels * 2, totals.data());
+  const double count = static_cast<double>(g.batch * g.z_pixels());
+  for (int64_t c = 0; c < channels; ++c) {
+    const double mean = totals[c] / count;
+    const double variance = std::max(totals[channels + c] / count - mean * mean, 0.0);
+    if (!std::isfinite(mean) || !std::isfinite(variance)) return NonFiniteInput("x", c);
+    mean_out[c] = static_cast<float>(mean);
+    variance_out[c] = static_cast<float>(variance);
+  }
+  set_affine(mean_out, variance_out);
+  runtime.run_tasks(blocks.count, [&](int64_t b) {
+    const int64_t rows = (blocks.end(b) - blocks.begin(b)) * g.z_pixels();
+    ApplyEpilogue(y + blocks.begin(b) * g.z_pixels() * channels, rows, channels, scale.data(),
+                  shift.data(), p.negative_slope);
+  });
+  return "";
+}
+
+std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const float* dy,
+                          const float* x, const float* kernel, const float* gamma,
+                          const float* beta, const float* y, const float* mean,
+                          const float* variance, float* dx, float* dkernel, float* dgamma,
+                          float* dbeta) {
+  const ConvGeometry& g = p.geometry;
+  const int64_t channels = g.z_channels();
+  std::string err = CheckParameters(p, kernel, gamma, beta);
+  if (err.empty()) err = CheckFinite("mean", mean, channels);
+  if (err.empty()) err = CheckFinite("variance", variance, channels);
+  if (!err.empty()) return err;
+  ChannelTerms terms;
+  terms.rstd.resize(channels);
+  terms.inv_gamma.resize(channels);
+  terms.dz_du.resize(channels);
+  terms.dz_bias.resize(channels);
+  terms.dz_xhat.resize(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    terms.rstd[c] = 1.0f / std::sqrt(variance[c] + p.epsilon);
+    terms.inv_gamma[c] = 1.0f / gamma[c];
+  }
+  const float inv_slope = p.negative_slope > 0.0f ? 1.0f / p.negative_slope : 0.0f;
+  if (CanInvertOutput(gamma, beta, channels, p.negative_slope)) {
+    Preactivation<true> pre{y, dy, nullptr, beta, mean, &terms, p.negative_slope, inv_slope};
+    return BackwardWith(p, runtime, pre, &terms, x, kernel, gamma, dx, dkernel, dgamma, dbeta);
+  }
+  // Inverting y would not be exact: recompute z from x (scratch for this call only).
+  std::vector<float> z(g.batch * g.z_pixels() * channels);
+  const ImageBlocks blocks = MakeBlocks(g, runtime);
+  runtime.run_tasks(blocks.count, [&](int64_t b) {
+    std::vector<float> cols;
+    ComputeZ(g, x, kernel, blocks.begin(b), blocks.end(b), &cols, z.data(),
+             [](float*, int64_t) {});
+  });
+  Preactivation<false> pre{y, dy, z.data(), beta, mean, &terms, p.negative_slope, inv_slope};
+  return BackwardWith(p, runtime, pre, &terms, x, kernel, gamma, dx, dkernel, dgamma, dbeta);
+}
+
+}  // namespace pyae

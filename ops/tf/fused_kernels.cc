@@ -1,0 +1,172 @@
+// CPU OpKernels of the fused op and its gradient: check inputs, allocate, call the kernels.
+#include <string>
+#include <vector>
+
+#include "conv_geometry.h"
+#include "fused_conv_bn_lrelu.h"
+#include "parallel.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace pyae {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
+Runtime RuntimeFor(OpKernelContext* ctx) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  TaskRunner run = [pool](int64_t num_tasks, const std::function<void(int64_t)>& fn) {
+    // Each task is a whole block of images: tell the pool it is expensive so it runs one
+    // task per shard.
+    constexpr int64_t kCostPerTask = 1 << 30;
+    pool->ParallelFor(num_tasks, kCostPerTask, [&fn](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) fn(task);
+    });
+  };
+  return {run, pool->NumThreads()};
+}
+
+std::string ShapeString(const Tensor& t) { return t.shape().DebugString(); }
+
+class FusedOpBase : public OpKernel {
+ public:
+  explicit FusedOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::vector<int32_t> strides;
+    std::string padding;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &params_.epsilon));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("negative_slope", &params_.negative_slope));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("is_training", &params_.training));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose", &transpose_));
+    OP_REQUIRES(ctx, strides.size() == 2,
+                absl::InvalidArgumentError("strides must have 2 elements, got " +
+                                           std::to_string(strides.size())));
+    OP_REQUIRES(ctx, strides[0] >= 1 && strides[1] >= 1,
+                absl::InvalidArgumentError("strides must be >= 1, got [" +
+                                           std::to_string(strides[0]) + ", " +
+                                           std::to_string(strides[1]) + "]"));
+    OP_REQUIRES(ctx, params_.epsilon > 0.0f,
+                absl::InvalidArgumentError("epsilon must be > 0, got " +
+                                           std::to_string(params_.epsilon)));
+    OP_REQUIRES(ctx, params_.negative_slope >= 0.0f,
+                absl::InvalidArgumentError("negative_slope must be >= 0, got " +
+                                           std::to_string(params_.negative_slope)));
+    stride_h_ = strides[0];
+    stride_w_ = strides[1];
+    padding_ = padding == "SAME" ? Padding::kSame : Padding::kValid;
+  }
+
+ protected:
+  // Fills params->geometry from x and kernel, or says why they disagree.
+  absl::Status MakeParams(const Tensor& x, const Tensor& kernel, FusedParams* params) const {
+    if (x.dims() != 4) {
+      return absl::InvalidArgumentError("x must be rank 4 (NHWC), got shape " + ShapeString(x));
+    }
+    if (kernel.dims() != 4) {
+      return absl::InvalidArgumentError("kernel must be rank 4, got shape " + ShapeString(kernel));
+    }
+    const int64_t x_shape[4] = {x.dim_size(0), x.dim_size(1), x.dim_size(2), x.dim_size(3)};
+    const int64_t k_shape[4] = {kernel.dim_size(0), kernel.dim_size(1), kernel.dim_size(2),
+                                kernel.dim_size(3)};
+    *params = params_;
+    const std::string err = MakeGeometry(x_shape, k_shape, stride_h_, stride_w_, padding_,
+                                         transpose_, &params->geometry);
+    return err.empty() ? absl::OkStatus() : absl::InvalidArgumentError(err);
+  }
+
+  static absl::Status CheckVector(const Tensor& t, const char* name, int64_t channels) {
+    if (t.dims() == 1 && t.dim_size(0) == channels) return absl::OkStatus();
+    return absl::InvalidArgumentError(std::string(name) + " must have shape [" +
+                                      std::to_string(channels) +
+                                      "] to match the kernel's filters, got " + ShapeString(t));
+  }
+
+  static TensorShape ZShape(const ConvGeometry& g) {
+    return g.transpose ? TensorShape({g.batch, g.big_h, g.big_w, g.big_c})
+                       : TensorShape({g.batch, g.small_h, g.small_w, g.small_c});
+  }
+
+  FusedParams params_;
+  bool transpose_ = false;
+  int64_t stride_h_ = 1, stride_w_ = 1;
+  Padding padding_ = Padding::kSame;
+};
+
+class FusedConvBnLeakyReluOp : public FusedOpBase {
+ public:
+  using FusedOpBase::FusedOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& kernel = ctx->input(1);
+    FusedParams params;
+    OP_REQUIRES_OK(ctx, MakeParams(x, kernel, &params));
+    const int64_t channels = params.geometry.z_channels();
+    const char* names[] = {"gamma", "beta", "moving_mean", "moving_variance"};
+    for (int i = 0; i < 4; ++i) {
+      OP_REQUIRES_OK(ctx, CheckVector(ctx->input(2 + i), names[i], channels));
+    }
+    Tensor *y, *mean, *variance;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ZShape(params.geometry), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({channels}), &mean));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({channels}), &variance));
+    const std::string err = FusedForward(
+        params, RuntimeFor(ctx), x.flat<float>().data(), kernel.flat<float>().data(),
+        ctx->input(2).flat<float>().data(), ctx->input(3).flat<float>().data(),
+        ctx->input(4).flat<float>().data(), ctx->input(5).flat<float>().data(),
+        y->flat<float>().data(), mean->flat<float>().data(), variance->flat<float>().data());
+    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+  }
+};
+
+class FusedConvBnLeakyReluGradOp : public FusedOpBase {
+ public:
+  using FusedOpBase::FusedOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& kernel = ctx->input(2);
+    const Tensor& y = ctx->input(5);
+    FusedParams params;
+    OP_REQUIRES_OK(ctx, MakeParams(x, kernel, &params));
+    const int64_t channels = params.geometry.z_channels();
+    const char* names[] = {"gamma", "beta", "mean", "variance"};
+    const int indices[] = {3, 4, 6, 7};
+    for (int i = 0; i < 4; ++i) {
+      OP_REQUIRES_OK(ctx, CheckVector(ctx->input(indices[i]), names[i], channels));
+    }
+    const TensorShape z_shape = ZShape(params.geometry);
+    OP_REQUIRES(ctx, dy.shape() == z_shape && y.shape() == z_shape,
+                absl::InvalidArgumentError("dy " + ShapeString(dy) + " and y " + ShapeString(y) +
+                                           " must have the output's shape " +
+                                           z_shape.DebugString()));
+    Tensor *dx, *dkernel, *dgamma, *dbeta;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, kernel.shape(), &dkernel));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({channels}), &dgamma));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({channels}), &dbeta));
+    const std::string err = FusedBackward(
+        params, RuntimeFor(ctx), dy.flat<float>().data(), x.flat<float>().data(),
+        kernel.flat<float>().data(), ctx->input(3).flat<float>().data(),
+        ctx->input(4).flat<float>().data(), y.flat<float>().data(),
+        ctx->input(6).flat<float>().data(), ctx->input(7).flat<float>().data(),
+        dx->flat<float>().data(), dkernel->flat<float>().data(), dgamma->flat<float>().data(),
+        dbeta->flat<float>().data());
+    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+  }
+};
+
+}  // namespace
+}  // namespace pyae
+
+REGISTER_KERNEL_BUILDER(Name("PyaeFusedConvBnLeakyRelu").Device(::tensorflow::DEVICE_CPU),
+                        pyae::FusedConvBnLeakyReluOp);
+REGISTER_KERNEL_BUILDER(Name("PyaeFusedConvBnLeakyReluGrad").Device(::tensorflow::DEVICE_CPU),
+                        pyae::FusedConvBnLeakyReluGradOp);
