@@ -68,24 +68,39 @@ void ComputeZ(const ConvGeometry& g, const float* x, const float* kernel, int64_
   on_rows(z_block, block_rows);
 }
 
-void AccumulateMoments(const float* z, int64_t rows, int64_t channels, double* sum,
-                       double* sum_sq) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = z + r * channels;
+// Rows are summed in float over short runs (exact enough: at most kRunRows terms) and the
+// runs in double, which keeps the inner loop vectorised.
+constexpr int64_t kRunRows = 64;
+
+void AccumulateMoments(const float* __restrict z, int64_t rows, int64_t channels,
+                       double* sum, double* sum_sq) {
+  std::vector<float> run_sum(channels), run_sq(channels);
+  for (int64_t r0 = 0; r0 < rows; r0 += kRunRows) {
+    std::fill(run_sum.begin(), run_sum.end(), 0.0f);
+    std::fill(run_sq.begin(), run_sq.end(), 0.0f);
+    float* __restrict rs = run_sum.data();
+    float* __restrict rq = run_sq.data();
+    const int64_t r1 = std::min(rows, r0 + kRunRows);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* __restrict row = z + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        rs[c] += row[c];
+        rq[c] += row[c] * row[c];
+      }
+    }
     for (int64_t c = 0; c < channels; ++c) {
-      const double v = row[c];
-      sum[c] += v;
-      sum_sq[c] += v * v;
+      sum[c] += rs[c];
+      sum_sq[c] += rq[c];
     }
   }
 }
 
 // y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
-float ApplyEpilogue(float* z, int64_t rows, int64_t channels, const float* scale,
-                    const float* shift, float slope) {
+float ApplyEpilogue(float* __restrict z, int64_t rows, int64_t channels,
+                    const float* __restrict scale, const float* __restrict shift, float slope) {
   float probe = 0.0f;
   for (int64_t r = 0; r < rows; ++r) {
-    float* row = z + r * channels;
+    float* __restrict row = z + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const float u = row[c] * scale[c] + shift[c];
       probe += u - u;  // 0 for finite u, NaN otherwise
@@ -136,7 +151,7 @@ struct ChannelTerms {
   std::vector<float> rstd, inv_gamma, dz_du, dz_bias, dz_xhat;
 };
 
-// Recovers (du, xhat) at one element, from y alone or from a recomputed z.
+// Recovers (du, xhat) for a run of z rows, from y alone or from a recomputed z.
 template <bool kInvert>
 struct Preactivation {
   const float* y;
@@ -147,15 +162,28 @@ struct Preactivation {
   const ChannelTerms* terms;
   float slope, inv_slope;
 
-  inline void At(int64_t index, int64_t c, float* du, float* xhat) const {
-    const float yv = y[index];
-    const bool positive = yv > 0.0f;
-    *du = positive ? dy[index] : dy[index] * slope;
-    if (kInvert) {
-      const float u = positive ? yv : yv * inv_slope;
-      *xhat = (u - beta[c]) * terms->inv_gamma[c];
-    } else {
-      *xhat = (z[index] - mean[c]) * terms->rstd[c];
+  // du[c], xhat[c] for the `channels` elements of z row `row`.
+  inline void Row(int64_t row, int64_t channels, float* __restrict du,
+                  float* __restrict xhat) const {
+    const float* __restrict y_row = y + row * channels;
+    const float* __restrict dy_row = dy + row * channels;
+    const float* __restrict inv_gamma = terms->inv_gamma.data();
+    const float* __restrict rstd = terms->rstd.data();
+    const float* __restrict z_row = kInvert ? nullptr : z + row * channels;
+    const float* __restrict beta_c = beta;
+    const float* __restrict mean_c = mean;
+    // Locals, not members: stores through du/xhat could alias *this and block vectorising.
+    const float negative_slope = slope, negative_inv_slope = inv_slope;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float yv = y_row[c];
+      const bool positive = yv > 0.0f;
+      du[c] = dy_row[c] * (positive ? 1.0f : negative_slope);
+      if (kInvert) {
+        const float u = yv * (positive ? 1.0f : negative_inv_slope);
+        xhat[c] = (u - beta_c[c]) * inv_gamma[c];
+      } else {
+        xhat[c] = (z_row[c] - mean_c[c]) * rstd[c];
+      }
     }
   }
 };
@@ -163,12 +191,24 @@ struct Preactivation {
 template <bool kInvert>
 void AccumulateGradSums(const Preactivation<kInvert>& pre, int64_t first_row, int64_t rows,
                         int64_t channels, double* sum_du, double* sum_du_xhat) {
-  for (int64_t r = first_row; r < first_row + rows; ++r) {
+  std::vector<float> buffer(channels * 4);
+  float* __restrict du = buffer.data();
+  float* __restrict xhat = du + channels;
+  float* __restrict run_du = xhat + channels;
+  float* __restrict run_du_xhat = run_du + channels;
+  for (int64_t r0 = first_row; r0 < first_row + rows; r0 += kRunRows) {
+    std::fill(run_du, run_du + 2 * channels, 0.0f);
+    const int64_t r1 = std::min(first_row + rows, r0 + kRunRows);
+    for (int64_t r = r0; r < r1; ++r) {
+      pre.Row(r, channels, du, xhat);
+      for (int64_t c = 0; c < channels; ++c) {
+        run_du[c] += du[c];
+        run_du_xhat[c] += du[c] * xhat[c];
+      }
+    }
     for (int64_t c = 0; c < channels; ++c) {
-      float du, xhat;
-      pre.At(r * channels + c, c, &du, &xhat);
-      sum_du[c] += du;
-      sum_du_xhat[c] += static_cast<double>(du) * xhat;
+      sum_du[c] += run_du[c];
+      sum_du_xhat[c] += run_du_xhat[c];
     }
   }
 }
@@ -176,12 +216,17 @@ void AccumulateGradSums(const Preactivation<kInvert>& pre, int64_t first_row, in
 template <bool kInvert>
 void ComputeDz(const Preactivation<kInvert>& pre, int64_t first_row, int64_t rows,
                int64_t channels, float* dz) {
-  const ChannelTerms& t = *pre.terms;
+  const float* __restrict dz_du = pre.terms->dz_du.data();
+  const float* __restrict dz_bias = pre.terms->dz_bias.data();
+  const float* __restrict dz_xhat = pre.terms->dz_xhat.data();
+  std::vector<float> buffer(channels * 2);
+  float* __restrict du = buffer.data();
+  float* __restrict xhat = du + channels;
   for (int64_t r = 0; r < rows; ++r) {
+    pre.Row(first_row + r, channels, du, xhat);
+    float* __restrict dz_row = dz + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      float du, xhat;
-      pre.At((first_row + r) * channels + c, c, &du, &xhat);
-      dz[r * channels + c] = t.dz_du[c] * du + t.dz_bias[c] + t.dz_xhat[c] * xhat;
+      dz_row[c] = dz_du[c] * du[c] + dz_bias[c] + dz_xhat[c] * xhat[c];
     }
   }
 }
