@@ -1,0 +1,710 @@
+"""Time every benchmark config at the tutorial's block shapes, in one process; print ratio tables.
+
+    python bench/report.py [--quick] [--out FILE]
+
+Configs (what runs, per block and mode; see ``CONFIG_MODES``):
+
+* ``native``   the fused op, ``impl="native"``, in a graph-mode ``tf.function``
+* ``keras``    ``Conv2D(use_bias=False)`` (or ``Conv2DTranspose``) + ``BatchNormalization()``
+               + ``LeakyReLU()`` in a ``tf.function``
+* ``xla``      the same Keras stack under ``tf.function(jit_compile=True)``
+* ``tf``       the fused op's pure-TF fallback, ``impl="tf"``, in a ``tf.function``
+* ``grappler`` inference only: ``tf.nn.conv2d`` + ``tf.compat.v1.nn.fused_batch_norm(
+               is_training=False)`` + ``tf.nn.leaky_relu`` with constant weights, which
+               grappler's remapper rewrites into one ``_FusedConv2D`` (checked per block from
+               the post-optimisation graph). It has no transposed twin: for decoder blocks the
+               same graph is built on ``conv2d_transpose`` and stays unfused.
+
+Modes: ``train_fwd`` (training-mode forward, moving statistics updated), ``train_fwdbwd``
+(that plus the gradients of x, kernel, gamma and beta for a fixed upstream gradient dy) and
+``infer_fwd`` (inference forward with the moving statistics).
+
+Also importable: ``build_step`` is what ``test_bench_op.py`` times under pytest-benchmark.
+"""
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+# An installed pyae wins; otherwise use the checkout this script lives in (in-place builds).
+sys.path.append(os.path.dirname(BENCH_DIR))
+import shapes  # noqa: E402
+
+CONFIG_MODES = {
+    "native": ("train_fwd", "train_fwdbwd", "infer_fwd"),
+    "keras": ("train_fwd", "train_fwdbwd", "infer_fwd"),
+    "xla": ("train_fwd", "train_fwdbwd"),
+    "tf": ("train_fwd", "train_fwdbwd"),
+    "grappler": ("infer_fwd",),
+}
+CONFIGS = tuple(CONFIG_MODES)
+EPSILON = 1e-3
+NEGATIVE_SLOPE = 0.3
+MOMENTUM = 0.99
+MIN_REPEATS = 5
+REPEAT_BUDGET_S = 3.0
+
+
+class Unavailable(Exception):
+    """A config that cannot run in this process (the native op library is not loaded)."""
+
+
+def native_unavailable_reason():
+    """None when the native op is loaded, else why it is not."""
+    try:
+        import pyae.ops  # pylint: disable=import-outside-toplevel
+
+        if pyae.ops.native_available():
+            return None
+        return pyae.ops.build_info()["tf_ops"]["reason"] or "the native op library is not loaded"
+    except Exception as err:  # pylint: disable=broad-except
+        return f"pyae.ops could not report on it ({type(err).__name__}: {err})"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclasses.dataclass
+class BlockData:
+    """Deterministic float32 inputs and weights for one block (numpy)."""
+
+    x: np.ndarray
+    dy: np.ndarray
+    kernel: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    moving_mean: np.ndarray
+    moving_variance: np.ndarray
+
+
+def make_data(block, seed=0):
+    rng = np.random.default_rng(seed)
+    channels = block.out_channels
+    fan_in = shapes.KERNEL_SIZE**2 * block.in_channels
+
+    def normal(shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    return BlockData(
+        x=normal(block.input_shape),
+        dy=normal(block.output_shape),
+        kernel=normal(block.kernel_shape, math.sqrt(2.0 / fan_in)),
+        gamma=1.0 + normal((channels,), 0.1),
+        beta=normal((channels,), 0.1),
+        moving_mean=normal((channels,), 0.1),
+        moving_variance=(1.0 + rng.random(channels)).astype(np.float32),
+    )
+
+
+# ----------------------------------------------------------------------------- forwards
+# Each returns ``forward(x, training) -> y`` and the trainable variables to differentiate.
+
+
+def _update_moving_average(variable, value):
+    variable.assign(variable * MOMENTUM + value * (1.0 - MOMENTUM))
+
+
+def fused_forward(block, data, impl):
+    import pyae.ops  # pylint: disable=import-outside-toplevel
+
+    kernel, gamma, beta = (tf.Variable(a) for a in (data.kernel, data.gamma, data.beta))
+    moving_mean = tf.Variable(data.moving_mean, trainable=False)
+    moving_variance = tf.Variable(data.moving_variance, trainable=False)
+
+    def forward(x, training):
+        y, mean, variance = pyae.ops.fused_conv_bn_leaky_relu(
+            x, kernel, gamma, beta, moving_mean, moving_variance,
+            strides=block.stride, padding=shapes.PADDING, epsilon=EPSILON,
+            negative_slope=NEGATIVE_SLOPE, training=training, transpose=block.transpose,
+            impl=impl,
+        )
+        if training:
+            _update_moving_average(moving_mean, mean)
+            _update_moving_average(moving_variance, variance)
+        return y
+
+    return forward, [kernel, gamma, beta]
+
+
+def keras_forward(block, data):
+    import keras  # pylint: disable=import-outside-toplevel
+
+    conv_class = keras.layers.Conv2DTranspose if block.transpose else keras.layers.Conv2D
+    conv = conv_class(block.out_channels, shapes.KERNEL_SIZE, strides=block.stride,
+                      padding=shapes.PADDING, use_bias=False)
+    batch_norm = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPSILON)
+    leaky_relu = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE)
+    leaky_relu(batch_norm(conv(np.zeros((1,) + block.input_shape[1:], np.float32))))
+    conv.kernel.assign(data.kernel)
+    batch_norm.gamma.assign(data.gamma)
+    batch_norm.beta.assign(data.beta)
+    batch_norm.moving_mean.assign(data.moving_mean)
+    batch_norm.moving_variance.assign(data.moving_variance)
+
+    def forward(x, training):
+        return leaky_relu(batch_norm(conv(x), training=training))
+
+    return forward, [conv.kernel.value, batch_norm.gamma.value, batch_norm.beta.value]
+
+
+def _plain_conv(x, kernel, block):
+    strides = (1, block.stride, block.stride, 1)
+    if block.transpose:
+        return tf.nn.conv2d_transpose(x, kernel, block.output_shape, strides, "SAME")
+    return tf.nn.conv2d(x, kernel, strides, "SAME")
+
+
+def grappler_forward(block, data):
+    """Inference graph in the exact form grappler's remapper fuses (weights as Const nodes)."""
+
+    def forward(x, training):
+        if training:
+            raise ValueError("the grappler-fused config is inference only")
+        z = _plain_conv(x, tf.constant(data.kernel), block)
+        normalized, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            z, tf.constant(data.gamma), tf.constant(data.beta),
+            mean=tf.constant(data.moving_mean), variance=tf.constant(data.moving_variance),
+            epsilon=EPSILON, is_training=False,
+        )
+        return tf.nn.leaky_relu(normalized, alpha=NEGATIVE_SLOPE)
+
+    return forward, []
+
+
+def _forward_for(block, config, data):
+    if config == "native":
+        reason = native_unavailable_reason()
+        if reason is not None:
+            raise Unavailable(f"native op not available: {reason}")
+        return fused_forward(block, data, "native")
+    if config == "tf":
+        return fused_forward(block, data, "tf")
+    if config in ("keras", "xla"):
+        return keras_forward(block, data)
+    if config == "grappler":
+        return grappler_forward(block, data)
+    raise ValueError(f"config must be one of {CONFIGS}, got {config!r}")
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _step_body(forward, trainables, mode):
+    if mode == "train_fwdbwd":
+        def forward_backward(x, dy):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = forward(x, True)
+            return tape.gradient(y, [x] + trainables, output_gradients=dy)
+        return forward_backward
+
+    training = mode == "train_fwd"
+
+    def forward_only(x, dy):  # pylint: disable=unused-argument
+        return [forward(x, training)]
+    return forward_only
+
+
+def build_step(block, config, mode, seed=0):
+    """A zero-argument callable running ``config`` on ``block`` in ``mode``; returns tensors.
+
+    Raises ``Unavailable`` when the config cannot run here, ``ValueError`` for a config
+    that has no such mode.
+    """
+    if mode not in CONFIG_MODES.get(config, ()):
+        raise ValueError(f"config {config!r} has no mode {mode!r}")
+    data = make_data(block, seed)
+    forward, trainables = _forward_for(block, config, data)
+    function = tf.function(_step_body(forward, trainables, mode), jit_compile=config == "xla")
+    x, dy = tf.constant(data.x), tf.constant(data.dy)
+    return lambda: function(x, dy)
+
+
+def sync(outputs):
+    """Wait for every output (``.numpy()`` blocks until the value exists)."""
+    for tensor in outputs:
+        tensor.numpy()
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def time_step(step, repeats, warmup):
+    """Median seconds of one call, after ``warmup`` calls (the first one traces/compiles)."""
+    for _ in range(warmup):
+        sync(step())
+    seconds = []
+    while len(seconds) < repeats:
+        start = time.perf_counter()
+        sync(step())
+        seconds.append(time.perf_counter() - start)
+        if len(seconds) >= MIN_REPEATS and sum(seconds) > REPEAT_BUDGET_S:
+            break
+    return statistics.median(seconds)
+
+
+def allocator_peak_mb(step, iterations=2):
+    """TF CPU allocator peak during ``iterations`` calls, above what was live before them.
+
+    Counts tensors TF allocates (activations, gradients, temporaries, XLA buffers); memory a
+    kernel mallocs by itself is not seen here, only in the RSS column. None if unsupported.
+    """
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        live_before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        for _ in range(iterations):
+            outputs = step()
+            sync(outputs)
+            del outputs
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    except (ValueError, tf.errors.OpError, AttributeError):
+        return None
+    return (peak - live_before) / 2**20
+
+
+def _proc_status_mb(key):
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def _reset_peak_rss():
+    """Release freed heap pages, then reset the kernel's peak-RSS mark to the current RSS."""
+    import ctypes  # pylint: disable=import-outside-toplevel
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+        clear_refs.write("5")
+    return _proc_status_mb("VmRSS")
+
+
+def _peak_rss_growth_mb(calls):
+    """Peak RSS above the RSS before ``calls`` run (Linux: VmHWM after clear_refs)."""
+    before = _reset_peak_rss()
+    for call in calls:
+        call()
+    return _proc_status_mb("VmHWM") - before
+
+
+def rss_child(block_id, config, mode, iterations):
+    """In a fresh process: peak-RSS growth over the first call (tracing, compiling) and
+    over ``iterations`` steady-state calls after a warm-up one; printed as JSON."""
+    step = build_step(shapes.BLOCKS_BY_ID[block_id], config, mode)
+    call = lambda: sync(step())  # noqa: E731
+    first_mb = _peak_rss_growth_mb([call])
+    call()
+    steady_mb = _peak_rss_growth_mb([call] * iterations)
+    print(json.dumps({"rss_first_mb": first_mb, "rss_mb": steady_mb}))
+
+
+def rss_in_subprocess(block, config, mode, iterations=3):
+    """Peak RSS growth (MB) of one config in a fresh process: (steady, first call, error)."""
+    command = [sys.executable, os.path.abspath(__file__), "--rss-child", block.id, config, mode,
+               "--rss-iterations", str(iterations)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            measured = json.loads(line)
+            return measured["rss_mb"], measured["rss_first_mb"], None
+    return None, None, (done.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def grappler_fused_ops(block):
+    """The fused op types (with their fused_ops) in the grappler config's optimised graph."""
+    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+
+    step = build_step(block, "grappler", "infer_fwd")
+    context.enable_graph_collection()
+    try:
+        sync(step())
+        metadata = context.context().export_run_metadata()
+    finally:
+        context.disable_graph_collection()
+    fused = []
+    for function_graph in metadata.function_graphs:
+        for node in function_graph.post_optimization_graph.node:
+            if "Fused" in node.op and "Conv" in node.op:
+                parts = [part.decode() for part in node.attr["fused_ops"].list.s]
+                fused.append(f"{node.op}[{'+'.join(parts)}]")
+    return fused
+
+
+def measure_peak_gflops(size, repeats):
+    """Best float32 numpy matmul rate (GFLOP/s) on ``size x size`` matrices."""
+    rng = np.random.default_rng(0)
+    left = rng.standard_normal((size, size), dtype=np.float32)
+    right = rng.standard_normal((size, size), dtype=np.float32)
+    np.matmul(left, right)
+    best = min(_seconds(lambda: np.matmul(left, right)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def measure_peak_gbps(megabytes, repeats):
+    """Best ``np.copyto`` rate (GB/s), counting bytes read plus bytes written."""
+    source = np.ones(megabytes * 2**20 // 4, np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)
+    best = min(_seconds(lambda: np.copyto(target, source)) for _ in range(repeats))
+    return 2 * source.nbytes / best / 1e9
+
+
+def _seconds(call):
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclasses.dataclass
+class Result:
+    """One (block, mode, config): median ms, allocator peak MB, RSS growth MB, or why not."""
+
+    ms: float = None
+    alloc_mb: float = None
+    rss_mb: float = None
+    rss_first_mb: float = None
+    skipped: str = None
+    error: str = None
+
+
+def run_config(block, config, mode, options):
+    result = Result()
+    try:
+        step = build_step(block, config, mode)
+        result.ms = 1e3 * time_step(step, options.repeats, options.warmup)
+        if mode == "train_fwdbwd":
+            result.alloc_mb = allocator_peak_mb(step)
+    except Unavailable as err:
+        result.skipped = str(err)
+        return result
+    except Exception as err:  # pylint: disable=broad-except
+        result.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return result
+    if mode == "train_fwdbwd" and options.rss:
+        result.rss_mb, result.rss_first_mb, rss_error = rss_in_subprocess(block, config, mode)
+        if rss_error:
+            result.error = f"RSS subprocess: {rss_error}"
+    return result
+
+
+def run_all(blocks, options):
+    results = {}
+    for block in blocks:
+        for mode in shapes.MODES:
+            for config in CONFIGS:
+                if mode not in CONFIG_MODES[config]:
+                    continue
+                results[block.id, mode, config] = run_config(block, config, mode, options)
+                _progress(block, mode, config, results[block.id, mode, config])
+        gc.collect()
+    return results
+
+
+def _progress(block, mode, config, result):
+    shown = f"{result.ms:.2f} ms" if result.ms is not None else (result.error or "n/a")
+    print(f"  {block.id:22s} {mode:13s} {config:9s} {shown}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _ms(result):
+    if result is None or result.ms is None:
+        return "err" if result is not None and result.error else "n/a"
+    return f"{result.ms:.2f}"
+
+
+def _mb(value):
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _ratio(numerator, denominator):
+    if numerator is None or denominator is None or numerator.ms is None or denominator.ms is None:
+        return None
+    return numerator.ms / denominator.ms
+
+
+def _fmt_ratio(value):
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _geomean(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _best(results, block, mode):
+    timed = [(results[block.id, mode, c].ms, c) for c in CONFIGS
+             if (block.id, mode, c) in results and results[block.id, mode, c].ms is not None]
+    return min(timed) if timed else (None, None)
+
+
+def training_table(blocks, results, mode, peaks):
+    header = ["block", "shape", "GFLOP", "MB floor", "floor ms", "native ms", "keras ms",
+              "xla ms", "tf ms", "keras/native", "xla/native", "tf/native", "floor/native",
+              "floor/best"]
+    rows = []
+    for block in blocks:
+        get = lambda config, b=block: results.get((b.id, mode, config))  # noqa: E731
+        floor_ms = 1e3 * shapes.floor_seconds(block, mode, *peaks)
+        native = get("native")
+        best_ms, best_config = _best(results, block, mode)
+        rows.append([
+            block.name, block.label, f"{shapes.flops(block, mode) / 1e9:.3f}",
+            f"{shapes.byte_floor(block, mode) / 1e6:.1f}", f"{floor_ms:.2f}",
+            _ms(native), _ms(get("keras")), _ms(get("xla")), _ms(get("tf")),
+            _fmt_ratio(_ratio(get("keras"), native)), _fmt_ratio(_ratio(get("xla"), native)),
+            _fmt_ratio(_ratio(get("tf"), native)),
+            _fmt_ratio(floor_ms / native.ms if native and native.ms else None),
+            f"{floor_ms / best_ms:.2f} ({best_config})" if best_ms else "n/a",
+        ])
+    return _table(header, rows)
+
+
+def inference_table(blocks, results, peaks, fusion):
+    header = ["block", "shape", "GFLOP", "floor ms", "native ms", "grappler ms", "keras ms",
+              "grappler/native", "keras/native", "floor/native", "grappler graph"]
+    rows = []
+    for block in blocks:
+        get = lambda config, b=block: results.get((b.id, "infer_fwd", config))  # noqa: E731
+        floor_ms = 1e3 * shapes.floor_seconds(block, "infer_fwd", *peaks)
+        native = get("native")
+        fused = fusion.get(block.id)
+        rows.append([
+            block.name, block.label, f"{shapes.flops(block, 'infer_fwd') / 1e9:.3f}",
+            f"{floor_ms:.2f}", _ms(native), _ms(get("grappler")), _ms(get("keras")),
+            _fmt_ratio(_ratio(get("grappler"), native)), _fmt_ratio(_ratio(get("keras"), native)),
+            _fmt_ratio(floor_ms / native.ms if native and native.ms else None),
+            ", ".join(fused) if fused else "not fused" if fused is not None else "n/a",
+        ])
+    return _table(header, rows)
+
+
+def memory_table(blocks, results):
+    configs = [c for c in CONFIGS if "train_fwdbwd" in CONFIG_MODES[c]]
+    header = (["block", "shape"] + [f"{c} alloc MB" for c in configs]
+              + [f"{c} RSS MB" for c in configs] + [f"{c} 1st-call RSS MB" for c in configs])
+    rows = []
+    for block in blocks:
+        picked = [results.get((block.id, "train_fwdbwd", c)) or Result() for c in configs]
+        rows.append([block.name, block.label] + [_mb(r.alloc_mb) for r in picked]
+                    + [_mb(r.rss_mb) for r in picked] + [_mb(r.rss_first_mb) for r in picked])
+    return _table(header, rows)
+
+
+def geomean_lines(blocks, results, model):
+    lines = []
+    for mode, configs in (("train_fwdbwd", ("keras", "xla", "tf")), ("train_fwd", ("keras", "xla", "tf")),
+                          ("infer_fwd", ("grappler", "keras"))):
+        parts = []
+        for config in configs:
+            ratios = [_ratio(results.get((b.id, mode, config)), results.get((b.id, mode, "native")))
+                      for b in blocks]
+            mean = _geomean(ratios)
+            counted = sum(r is not None for r in ratios)
+            parts.append(f"{config}/native = {_fmt_ratio(mean)}" + (f" ({counted} blocks)" if mean else ""))
+        lines.append(f"- {model} {mode}, geometric mean: " + "; ".join(parts))
+    conv_blocks = [b for b in blocks if not b.transpose]
+    grappler_conv = _geomean([_ratio(results.get((b.id, "infer_fwd", "grappler")),
+                                     results.get((b.id, "infer_fwd", "native"))) for b in conv_blocks])
+    lines.append(f"- {model} infer_fwd, grappler/native over Conv2D blocks only "
+                 f"(the ones grappler can fuse): {_fmt_ratio(grappler_conv)}")
+    return lines
+
+
+def _build_summary():
+    try:
+        import pyae  # pylint: disable=import-outside-toplevel
+        import pyae.ops  # pylint: disable=import-outside-toplevel
+
+        info = pyae.ops.build_info()
+    except Exception as err:  # pylint: disable=broad-except
+        return [f"- pyae.ops.build_info() failed: {type(err).__name__}: {err}"]
+    tf_ops = info["tf_ops"]
+    native_module = info["native_module"]
+    cuda = info.get("cuda") or {}
+    return [
+        f"- pyae {pyae.__version__} from {os.path.dirname(pyae.__file__)}",
+        f"- pyae TF op library: built={tf_ops['built']}, loaded={tf_ops['loaded']}, "
+        f"built for TF {tf_ops['built_for_tf']}"
+        + (f"; not used because {tf_ops['reason']}" if tf_ops["reason"] else ""),
+        f"- pyae._native: available={native_module.get('available')}"
+        + (f" ({native_module['reason']})" if native_module.get("reason") else ""),
+        f"- CUDA built: {cuda.get('built')}; build type: {info.get('build_type')}; "
+        f"compile flags: {info.get('compile_flags')}",
+    ]
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def header_lines(options, peaks):
+    import keras  # pylint: disable=import-outside-toplevel
+
+    usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + sys.argv[1:])
+    return [
+        "# pyae fused Conv+BN+LeakyReLU benchmark",
+        "",
+        f"- command: `{command}`",
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {_cpu_model()}, {usable_cores} usable cores ({os.cpu_count()} online), "
+        f"{platform.system()} {platform.machine()}",
+        f"- TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}, "
+        f"Python {platform.python_version()}",
+        f"- peaks: {peaks[0]:.1f} GFLOP/s (float32 numpy matmul), {peaks[1]:.1f} GB/s "
+        f"(np.copyto, read+write bytes); best of a run before and one after the timings"
+        f"{' [given on the command line]' if options.peaks_given else ''}",
+        *_build_summary(),
+        f"- timing: median of up to {options.repeats} calls (at least {MIN_REPEATS}, stopping after "
+        f"{REPEAT_BUDGET_S:.0f} s) after {options.warmup} warm-up calls, perf_counter around a "
+        ".numpy()-synchronised call; FLOPs and floors from bench/shapes.py",
+    ]
+
+
+NOTES = [
+    "Notes:",
+    "- floor ms = max(FLOPs / peak FLOP/s, floor bytes / peak bytes/s) (bench/shapes.py); "
+    "floor/x is the fraction of the floor speed x reaches (1.0 = at the roofline; above 1 means "
+    "the peaks were measured low, e.g. on a loaded machine).",
+    "- keras = Conv2D(use_bias=False)+BatchNormalization()+LeakyReLU() in tf.function; "
+    "xla = the same under jit_compile=True; tf = pyae's fused op with impl='tf'; "
+    "native = impl='native'. Ratios > 1 mean native is faster.",
+    "- train_fwdbwd computes dx, dW, dgamma, dbeta for a fixed dy (dx for every block, "
+    "the first included) and updates the moving statistics.",
+    "- alloc MB: TF CPU allocator peak over two steady-state fwd+bwd calls above the live "
+    "memory before them (tf.config.experimental.get_memory_info). RSS MB: in a fresh process per "
+    "config, peak RSS (VmHWM, reset through /proc/self/clear_refs after malloc_trim) above the RSS "
+    "before 3 steady-state calls; 1st-call RSS MB: the same around the first call, so it "
+    "includes tracing and, for xla, XLA compilation.",
+    "- grappler graph: the fused node found in the grappler config's post-optimisation graph "
+    "(tf.function run metadata); grappler's remapper fuses Conv2D+FusedBatchNorm+LeakyRelu for "
+    "inference only and has no Conv2DBackpropInput (transposed) fusion.",
+]
+
+
+def render(blocks, results, peaks, fusion, options):
+    lines = header_lines(options, peaks) + [""]
+    reason = native_unavailable_reason()
+    if reason:
+        lines += [f"**native columns are n/a: the native op is not available ({reason}).**", ""]
+    for model in shapes.MODELS:
+        model_blocks = [b for b in blocks if b.model == model]
+        if not model_blocks:
+            continue
+        lines += [f"## {model} (batch {model_blocks[0].batch})", ""]
+        lines += ["### training forward+backward", ""] + training_table(model_blocks, results, "train_fwdbwd", peaks)
+        lines += ["", "### training forward", ""] + training_table(model_blocks, results, "train_fwd", peaks)
+        lines += ["", "### inference forward", ""] + inference_table(model_blocks, results, peaks, fusion)
+        lines += ["", "### peak memory, training forward+backward", ""] + memory_table(model_blocks, results)
+        lines += ["", *geomean_lines(model_blocks, results, model), ""]
+    problems = [f"- {bid} {mode} {config}: {r.error}" for (bid, mode, config), r in results.items() if r.error]
+    if problems:
+        lines += ["Errors:", *problems, ""]
+    lines += NOTES
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {', '.join(shapes.QUICK_BLOCK_IDS)}, few repeats")
+    parser.add_argument("--out", help="also write the markdown report to this file")
+    parser.add_argument("--blocks", nargs="+", metavar="ID",
+                        help="only these block ids, e.g. fashion_mnist/enc2 cartoon/dec1")
+    parser.add_argument("--repeats", type=int, help="timed calls per config (default 20, quick 5)")
+    parser.add_argument("--warmup", type=int, help="untimed calls first (default 3, quick 2)")
+    parser.add_argument("--peak-gflops", type=float, help="use this peak instead of measuring it")
+    parser.add_argument("--peak-gbps", type=float, help="use this bandwidth instead of measuring it")
+    parser.add_argument("--no-rss", dest="rss", action="store_false",
+                        help="skip the per-config fresh-process RSS measurement")
+    parser.add_argument("--rss-child", nargs=3, metavar=("BLOCK", "CONFIG", "MODE"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--rss-iterations", type=int, default=3, help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    options.repeats = options.repeats or (5 if options.quick else 20)
+    options.warmup = options.warmup or (2 if options.quick else 3)
+    options.peaks_given = options.peak_gflops is not None and options.peak_gbps is not None
+    return options
+
+
+def selected_blocks(options):
+    if options.blocks:
+        unknown = [b for b in options.blocks if b not in shapes.BLOCKS_BY_ID]
+        if unknown:
+            raise SystemExit(f"unknown block ids {unknown}; known: {sorted(shapes.BLOCKS_BY_ID)}")
+        return [shapes.BLOCKS_BY_ID[b] for b in options.blocks]
+    return shapes.quick_blocks() if options.quick else shapes.ALL_BLOCKS
+
+
+def measure_peaks(options):
+    size, megabytes, repeats = (2048, 128, 3) if options.quick else (3072, 256, 5)
+    gflops = options.peak_gflops or measure_peak_gflops(size, repeats)
+    gbps = options.peak_gbps or measure_peak_gbps(megabytes, repeats)
+    return gflops, gbps
+
+
+def main(argv=None):
+    options = parse_args(argv)
+    if options.rss_child:
+        rss_child(*options.rss_child, options.rss_iterations)
+        return
+    blocks = selected_blocks(options)
+    tf.get_logger().setLevel("ERROR")  # every config is its own tf.function: no retracing notes
+    print("measuring machine peaks...", file=sys.stderr, flush=True)
+    peaks_before = measure_peaks(options)
+    print("checking grappler fusion...", file=sys.stderr, flush=True)
+    fusion = {block.id: grappler_fused_ops(block) for block in blocks}
+    print("timing configs...", file=sys.stderr, flush=True)
+    results = run_all(blocks, options)
+    print("measuring machine peaks again...", file=sys.stderr, flush=True)
+    peaks = tuple(map(max, peaks_before, measure_peaks(options)))
+    report = render(blocks, results, peaks, fusion, options)
+    print(report)
+    if options.out:
+        with open(options.out, "w", encoding="utf-8") as out:
+            out.write(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Shared fixtures: fixed seeds for every test, and the op implementations to run."""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def fixed_seed():
+    """Every test draws fresh random inputs from a seed fixed per test."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    keras.utils.set_random_seed(1234)
+    np.random.seed(1234)
+    return 1234
+
+
+@pytest.fixture
+def rng(fixed_seed):
+    return np.random.default_rng(fixed_seed)
+
+
+def native_available():
+    import pyae.ops  # pylint: disable=import-outside-toplevel
+
+    return pyae.ops.native_available()
+
+
+@pytest.fixture(params=["native", "tf"])
+def impl(request):
+    """Runs a test on the native op and on the pure-TF fallback."""
+    if request.param == "native" and not native_available():
+        pytest.skip("the native op library is not built in this environment")
+    return request.param

@@ -1,0 +1,449 @@
+"""pyae.layers: the fused layers equal Conv2D(use_bias=False)+BatchNormalization+LeakyReLU."""
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import pyae.ops
+from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
+
+from _layer_fixtures import (  # noqa: F401  (fixtures are used by name)
+    assert_close, dtype_policy, impl, random_normal, randomize_batch_norm, rng, seeded,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One block: input shape (NHWC), filters, kernel size, strides, padding, transposed."""
+
+    input_shape: tuple
+    filters: int
+    kernel_size: int = 3
+    strides: int = 1
+    padding: str = "same"
+    transpose: bool = False
+
+    def __str__(self):
+        kind = "convT" if self.transpose else "conv"
+        shape = "x".join(map(str, self.input_shape))
+        return f"{kind}-{shape}-f{self.filters}-k{self.kernel_size}-s{self.strides}-{self.padding}"
+
+
+TUTORIAL_CASES = [  # Fashion-MNIST encoder and decoder blocks, batch 4
+    Case((4, 28, 28, 1), 32),
+    Case((4, 28, 28, 32), 64, strides=2),
+    Case((4, 14, 14, 64), 64, strides=2),
+    Case((4, 7, 7, 64), 64),
+    Case((4, 7, 7, 64), 64, transpose=True),
+    Case((4, 7, 7, 64), 64, strides=2, transpose=True),
+    Case((4, 14, 14, 64), 32, strides=2, transpose=True),
+]
+AWKWARD_CASES = [
+    Case((1, 9, 7, 3), 5),
+    Case((1, 9, 7, 3), 5, transpose=True),
+    Case((3, 9, 7, 1), 3, kernel_size=1),
+    Case((3, 9, 7, 1), 3, kernel_size=1, transpose=True),
+    Case((2, 11, 9, 3), 1, kernel_size=5, padding="valid"),
+    Case((2, 11, 9, 3), 1, kernel_size=5, padding="valid", transpose=True),
+    Case((2, 9, 7, 3), 4, strides=2, padding="valid"),
+    Case((2, 9, 7, 3), 4, strides=2, padding="valid", transpose=True),
+    Case((2, 10, 6, 2), 3, kernel_size=5, strides=2),
+    Case((2, 5, 3, 2), 3, kernel_size=5, strides=2, transpose=True),
+]
+ALL_CASES = TUTORIAL_CASES + AWKWARD_CASES
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def fused_class(transpose):
+    return FusedConvTransposeBNLeakyReLU if transpose else FusedConvBNLeakyReLU
+
+
+def build_fused(case, **kwargs):
+    layer = fused_class(case.transpose)(
+        case.filters, case.kernel_size, strides=case.strides, padding=case.padding, **kwargs
+    )
+    layer.build(case.input_shape)
+    return layer
+
+
+def build_keras_stack(case):
+    """(conv, batch_norm, leaky_relu), built, with non-trivial BN weights."""
+    conv_class = keras.layers.Conv2DTranspose if case.transpose else keras.layers.Conv2D
+    conv = conv_class(case.filters, case.kernel_size, strides=case.strides,
+                      padding=case.padding, use_bias=False)
+    batch_norm = keras.layers.BatchNormalization()
+    conv.build(case.input_shape)
+    batch_norm.build(conv.compute_output_shape(case.input_shape))
+    return conv, batch_norm, keras.layers.LeakyReLU()
+
+
+def copy_stack_weights(stack, fused):
+    conv, batch_norm, _ = stack
+    fused.kernel.assign(conv.kernel)
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        getattr(fused, name).assign(getattr(batch_norm, name))
+
+
+def matched_pair(case, rng, **fused_kwargs):
+    stack = build_keras_stack(case)
+    randomize_batch_norm(stack[1], rng)
+    fused = build_fused(case, **fused_kwargs)
+    copy_stack_weights(stack, fused)
+    return stack, fused
+
+
+def run_stack(stack, x, training):
+    conv, batch_norm, leaky_relu = stack
+    return leaky_relu(batch_norm(conv(x), training=training))
+
+
+def stack_variables(stack):
+    conv, batch_norm, _ = stack
+    return [conv.kernel, batch_norm.gamma, batch_norm.beta]
+
+
+def fused_variables(fused):
+    return [fused.kernel, fused.gamma, fused.beta]
+
+
+def output_and_gradients(forward, variables, x, upstream):
+    """y, and the gradients of sum(y * upstream) w.r.t. x and each variable."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = forward(x)
+        loss = tf.reduce_sum(y * upstream)
+    grads = tape.gradient(loss, [x] + variables)
+    return y, grads
+
+
+def moving_statistics(layer):
+    return [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+
+
+# ---------------------------------------------------------------------------- equivalence
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("case", ALL_CASES, ids=str)
+def test_matches_keras_stack(case, training, impl, rng):
+    stack, fused = matched_pair(case, rng, impl=impl)
+    x = tf.constant(random_normal(rng, case.input_shape))
+    expected_shape = fused.compute_output_shape(case.input_shape)
+    upstream = tf.constant(random_normal(rng, expected_shape))
+
+    y_ref, grads_ref = output_and_gradients(
+        lambda t: run_stack(stack, t, training), stack_variables(stack), x, upstream)
+    y, grads = output_and_gradients(
+        lambda t: fused(t, training=training), fused_variables(fused), x, upstream)
+
+    assert fused.last_impl == impl
+    assert tuple(y.shape) == tuple(expected_shape)
+    assert_close(y, y_ref)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert_close(grad, grad_ref, tol=2e-4)
+    for stat, stat_ref in zip(moving_statistics(fused), moving_statistics(stack[1])):
+        assert_close(stat, stat_ref)
+
+
+def test_weights_named_and_shaped_like_keras(rng):
+    case = Case((2, 9, 7, 3), 5, transpose=True)
+    stack, fused = matched_pair(case, rng)
+    keras_weights = {w.name: tuple(w.shape) for layer in stack for w in layer.weights}
+    fused_weights = {w.name: tuple(w.shape) for w in fused.weights}
+    assert fused_weights == keras_weights
+    assert [w.name for w in fused.trainable_weights] == ["kernel", "gamma", "beta"]
+
+
+@pytest.mark.parametrize("center, scale", [(False, True), (True, False), (False, False)])
+def test_center_and_scale_off_match_keras(center, scale, impl, rng):
+    case = Case((2, 8, 8, 3), 4)
+    x = tf.constant(random_normal(rng, case.input_shape))
+    conv = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)
+    batch_norm = keras.layers.BatchNormalization(center=center, scale=scale)
+    y_ref = keras.layers.LeakyReLU()(batch_norm(conv(x), training=True))
+    fused = build_fused(case, center=center, scale=scale, impl=impl)
+    fused.kernel.assign(conv.kernel)
+    y = fused(x, training=True)
+    assert len(fused.weights) == len(conv.weights) + len(batch_norm.weights)
+    assert_close(y, y_ref)
+
+
+def test_negative_slope_and_epsilon_are_used(impl, rng):
+    case = Case((2, 6, 6, 2), 3)
+    x = tf.constant(random_normal(rng, case.input_shape))
+    conv = keras.layers.Conv2D(3, 3, padding="same", use_bias=False)
+    z = keras.layers.BatchNormalization(epsilon=0.1)(conv(x), training=True)
+    y_ref = keras.layers.LeakyReLU(negative_slope=0.05)(z)
+    fused = build_fused(case, epsilon=0.1, negative_slope=0.05, impl=impl)
+    fused.kernel.assign(conv.kernel)
+    assert_close(fused(x, training=True), y_ref)
+
+
+def test_trainable_false_freezes_moving_statistics(impl, rng):
+    case = Case((3, 8, 8, 2), 4, strides=2)
+    stack, fused = matched_pair(case, rng, impl=impl)
+    stack[1].trainable = False
+    fused.trainable = False
+    before = moving_statistics(fused)
+    x = tf.constant(random_normal(rng, case.input_shape))
+    y = fused(x, training=True)
+    assert_close(y, run_stack(stack, x, training=True))
+    for stat, stat_before in zip(moving_statistics(fused), before):
+        np.testing.assert_array_equal(stat, stat_before)
+    assert fused.trainable_weights == []
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_repeated_training_calls_update_moving_statistics_like_keras(training, impl, rng):
+    case = Case((4, 7, 7, 3), 4)
+    stack, fused = matched_pair(case, rng, impl=impl)
+    before = moving_statistics(fused)
+    for batch in (random_normal(rng, case.input_shape), random_normal(rng, case.input_shape)):
+        run_stack(stack, batch, training)
+        fused(batch, training=training)
+    after = moving_statistics(fused)
+    for stat, stat_ref in zip(after, moving_statistics(stack[1])):
+        assert_close(stat, stat_ref)
+    changed = any(not np.array_equal(a, b) for a, b in zip(after, before))
+    assert changed == training
+
+
+def test_auto_reports_native_when_available(rng):
+    fused = build_fused(Case((1, 5, 5, 2), 2))
+    fused(random_normal(rng, (1, 5, 5, 2)))
+    assert fused.last_impl == ("native" if pyae.ops.native_available() else "tf")
+
+
+# ---------------------------------------------------------------------------- tf.function / XLA
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["conv", "convT"])
+def test_jit_compile_auto_uses_tf_and_matches_eager(transpose, rng):
+    case = Case((2, 9, 9, 3), 4, strides=2, transpose=transpose)
+    stack, fused = matched_pair(case, rng)
+    x = tf.constant(random_normal(rng, case.input_shape))
+
+    @tf.function(jit_compile=True)
+    def compiled_step(inputs):
+        return fused(inputs, training=True)
+
+    y = compiled_step(x)
+    assert fused.last_impl == "tf"
+    assert_close(y, run_stack(stack, x, training=True))
+    for stat, stat_ref in zip(moving_statistics(fused), moving_statistics(stack[1])):
+        assert_close(stat, stat_ref)
+
+
+def test_jit_compile_with_native_is_a_clear_error(rng):
+    fused = build_fused(Case((1, 5, 5, 2), 2), impl="native")
+    assert fused.supports_jit is False
+
+    @tf.function(jit_compile=True)
+    def compiled_step(inputs):
+        return fused(inputs)
+
+    with pytest.raises(ValueError, match="native"):
+        compiled_step(tf.constant(random_normal(rng, (1, 5, 5, 2))))
+
+
+def test_custom_training_loop_in_tf_function_matches_keras(impl, rng):
+    case = Case((4, 8, 8, 3), 4, strides=2)
+    stack, fused = matched_pair(case, rng, impl=impl)
+    images = tf.constant(random_normal(rng, case.input_shape))
+    target = tf.constant(random_normal(rng, fused.compute_output_shape(case.input_shape)))
+
+    def make_train_step(forward, variables):
+        optimizer = keras.optimizers.SGD(0.1)
+
+        @tf.function
+        def train_step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(forward(x) - target))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        return train_step
+
+    loss_ref = make_train_step(lambda t: run_stack(stack, t, True), stack_variables(stack))(images)
+    loss = make_train_step(lambda t: fused(t, training=True), fused_variables(fused))(images)
+    assert fused.last_impl == impl
+    assert_close(loss, loss_ref)
+    for variable, variable_ref in zip(fused_variables(fused), stack_variables(stack)):
+        assert_close(variable, variable_ref)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class TinySubclassed(keras.Model):
+    def __init__(self, impl, **kwargs):
+        super().__init__(**kwargs)
+        self.down = FusedConvBNLeakyReLU(4, 3, strides=2, padding="same", impl=impl)
+        self.up = FusedConvTransposeBNLeakyReLU(2, 3, strides=2, padding="same", impl=impl)
+
+    def call(self, inputs, training=None):
+        return self.up(self.down(inputs, training=training), training=training)
+
+
+def tiny_model(kind, impl):
+    if kind == "subclassed":
+        return TinySubclassed(impl)
+    blocks = [FusedConvBNLeakyReLU(4, 3, strides=2, padding="same", impl=impl),
+              FusedConvTransposeBNLeakyReLU(2, 3, strides=2, padding="same", impl=impl)]
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((8, 8, 2))] + blocks)
+    inputs = keras.Input((8, 8, 2))
+    return keras.Model(inputs, blocks[1](blocks[0](inputs)))
+
+
+def fused_layers(model):
+    fused_classes = (FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU)
+    return [layer for layer in model.layers if isinstance(layer, fused_classes)]
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
+def test_fit_one_epoch_changes_weights(kind, impl, rng):
+    model = tiny_model(kind, impl)
+    images = random_normal(rng, (16, 8, 8, 2))
+    model(images[:1])  # build
+    before = [w.numpy() for w in model.weights]
+    model.compile(optimizer=keras.optimizers.Adam(5e-3), loss="mse", jit_compile=False)
+    history = model.fit(images, images, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.weights))
+    assert {layer.last_impl for layer in fused_layers(model)} == {impl}
+    assert model.predict(images, verbose=0).shape == (16, 8, 8, 2)
+
+
+def test_fit_with_jit_compile_uses_tf(rng):
+    model = tiny_model("functional", "auto")
+    images = random_normal(rng, (16, 8, 8, 2))
+    model.compile(optimizer="adam", loss="mse", jit_compile=True)
+    model.fit(images, images, batch_size=8, epochs=1, verbose=0)
+    assert {layer.last_impl for layer in fused_layers(model)} == {"tf"}
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_keras_file_round_trip(kind, impl, rng, tmp_path):
+    model = tiny_model(kind, impl)
+    images = random_normal(rng, (4, 8, 8, 2))
+    model(images, training=True)  # moves the moving statistics away from their init
+    path = tmp_path / "fused.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+    assert_close(loaded(images, training=False), model(images, training=False), tol=1e-6)
+
+
+# ---------------------------------------------------------------------------- config
+
+
+CONFIG_KWARGS = dict(
+    strides=(2, 1), padding="valid", kernel_initializer="he_normal",
+    kernel_regularizer=keras.regularizers.L2(1e-4), kernel_constraint="non_neg",
+    momentum=0.9, epsilon=1e-2, center=False, scale=True, gamma_initializer="zeros",
+    moving_variance_initializer="ones", gamma_regularizer="l1", negative_slope=0.1,
+    impl="tf", name="block", trainable=False,
+)
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["conv", "convT"])
+def test_get_config_round_trip(transpose):
+    layer = fused_class(transpose)(7, (5, 3), **CONFIG_KWARGS)
+    config = layer.get_config()
+    clone = fused_class(transpose).from_config(config)
+    assert clone.get_config() == config
+    assert config["kernel_size"] == (5, 3) and config["impl"] == "tf"
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == config
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["conv", "convT"])
+def test_regularizers_add_losses(transpose, rng):
+    layer = fused_class(transpose)(3, 3, kernel_regularizer="l2", gamma_regularizer="l1")
+    layer(random_normal(rng, (1, 5, 5, 2)))
+    assert len(layer.losses) == 2
+
+
+@pytest.mark.parametrize("case", ALL_CASES[:4] + AWKWARD_CASES[4:8], ids=str)
+def test_compute_output_shape_with_unknown_batch(case):
+    fused = fused_class(case.transpose)(case.filters, case.kernel_size,
+                                        strides=case.strides, padding=case.padding)
+    symbolic = fused(keras.Input(case.input_shape[1:]))
+    expected = (None,) + fused.compute_output_shape(case.input_shape)[1:]
+    assert tuple(symbolic.shape) == expected
+
+
+# ---------------------------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["conv", "convT"])
+@pytest.mark.parametrize(
+    "dtype_policy, tol", [("mixed_float16", 2e-2), ("mixed_bfloat16", 6e-2)],
+    indirect=["dtype_policy"])
+def test_mixed_precision_matches_keras_stack(dtype_policy, tol, transpose, rng):
+    case = Case((4, 8, 8, 3), 4, strides=2, transpose=transpose)
+    stack, fused = matched_pair(case, rng)
+    x = random_normal(rng, case.input_shape)
+    y_ref = run_stack(stack, x, training=True)
+    y = fused(x, training=True)
+    assert fused.last_impl == "tf"
+    assert y.dtype == y_ref.dtype == dtype_policy.split("_")[1]
+    assert fused.moving_mean.dtype == "float32" and fused.kernel.dtype == "float32"
+    assert_close(y, y_ref, tol=tol)
+    for stat, stat_ref in zip(moving_statistics(fused), moving_statistics(stack[1])):
+        assert_close(stat, stat_ref, tol=tol)
+
+
+@pytest.mark.parametrize("dtype_policy", ["mixed_float16"], indirect=True)
+def test_mixed_precision_native_runs_in_float32_or_explains(dtype_policy, rng):
+    fused = build_fused(Case((2, 6, 6, 3), 4), impl="native")
+    x = random_normal(rng, (2, 6, 6, 3))
+    if not pyae.ops.native_available():
+        with pytest.raises(ValueError, match="impl='native' is not available"):
+            fused(x, training=True)
+        return
+    y = fused(x, training=True)
+    assert fused.last_impl == "native" and y.dtype == "float16"
+
+
+# ---------------------------------------------------------------------------- bad arguments
+
+
+BAD_ARGUMENTS = [
+    (False, {"data_format": "channels_first"}, "channels_first"),
+    (False, {"dilation_rate": 2}, "dilation_rate=2"),
+    (True, {"output_padding": 1}, "output_padding=1"),
+    (False, {"impl": "cuda"}, "cuda"),
+    (False, {"filters": 0}, "filters=0"),
+    (True, {"filters": 2.5}, "filters=2.5"),
+    (False, {"padding": "causal"}, "causal"),
+    (False, {"strides": 0}, "strides"),
+    (False, {"kernel_size": (3, 3, 3)}, r"\(3, 3, 3\)"),
+    (False, {"epsilon": 0.0}, "epsilon=0.0"),
+    (False, {"momentum": 1.5}, "momentum=1.5"),
+    (True, {"negative_slope": -1.0}, "negative_slope=-1.0"),
+]
+
+
+@pytest.mark.parametrize("transpose, kwargs, message", BAD_ARGUMENTS,
+                         ids=[str(kw) for _, kw, _ in BAD_ARGUMENTS])
+def test_bad_arguments_raise_value_error_naming_the_value(transpose, kwargs, message):
+    arguments = {"filters": 4, "kernel_size": 3, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        fused_class(transpose)(**arguments)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8), (2, 3, 3, 2, 1)])
+def test_wrong_input_rank_is_a_value_error(shape, rng):
+    with pytest.raises(ValueError, match="ndim|rank"):
+        FusedConvBNLeakyReLU(2, 3)(random_normal(rng, shape))
+
+
+def test_input_too_small_for_valid_padding_is_a_value_error(rng):
+    with pytest.raises(ValueError, match="too small"):
+        FusedConvBNLeakyReLU(2, 5, padding="valid")(keras.Input((3, 3, 1)))

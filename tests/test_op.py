@@ -1,0 +1,465 @@
+"""The fused op: native kernels vs a float64 numpy reference, native and fallback vs the Keras
+stack, numeric gradients, bad input, the loader and SavedModels."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import pyae.ops
+from pyae.ops import _loader
+
+import reference
+
+# (batch, height, width, in_channels, filters, kernel, stride, padding, transpose)
+FASHION_BLOCKS = [
+    (4, 28, 28, 1, 32, 3, 1, "same", False),
+    (4, 28, 28, 32, 64, 3, 2, "same", False),
+    (4, 14, 14, 64, 64, 3, 2, "same", False),
+    (4, 7, 7, 64, 64, 3, 1, "same", False),
+    (4, 7, 7, 64, 64, 3, 1, "same", True),
+    (4, 7, 7, 64, 64, 3, 2, "same", True),
+    (4, 14, 14, 64, 32, 3, 2, "same", True),
+]
+CARTOON_BLOCKS = [
+    (2, 256, 256, 3, 32, 3, 2, "same", False),
+    (2, 64, 64, 64, 64, 3, 2, "same", False),
+    (2, 16, 16, 64, 64, 3, 2, "same", False),
+    (2, 8, 8, 64, 64, 3, 2, "same", True),
+    (2, 64, 64, 64, 32, 3, 2, "same", True),
+]
+AWKWARD = [
+    (1, 9, 7, 3, 5, 3, 1, "same", False),      # batch 1, odd sizes
+    (3, 11, 13, 1, 4, 5, 2, "same", False),    # kernel 5, one channel
+    (2, 10, 9, 3, 6, 1, 1, "valid", False),    # kernel 1, VALID
+    (2, 12, 11, 4, 3, 5, 3, "valid", False),   # stride 3, VALID
+    (1, 5, 6, 3, 2, 3, 2, "valid", True),      # transposed VALID, k > s
+    (2, 4, 5, 2, 3, 1, 2, "valid", True),      # transposed VALID, k < s
+    (3, 6, 5, 3, 1, 5, 1, "same", True),       # transposed, one filter
+]
+ALL_SHAPES = FASHION_BLOCKS + CARTOON_BLOCKS + AWKWARD
+
+
+def shape_id(case):
+    n, h, w, c, f, k, s, pad, transpose = case
+    kind = "convT" if transpose else "conv"
+    return f"{kind}-{n}x{h}x{w}x{c}-f{f}-k{k}-s{s}-{pad}"
+
+
+def make_inputs(rng, case, gamma_scale=1.0, beta_scale=0.2):
+    n, h, w, c, f, k, _, _, transpose = case
+    kernel_shape = (k, k, f, c) if transpose else (k, k, c, f)
+    return {
+        "x": rng.normal(size=(n, h, w, c)).astype(np.float32),
+        "kernel": (rng.normal(size=kernel_shape) / np.sqrt(k * k * c)).astype(np.float32),
+        "gamma": (gamma_scale * rng.uniform(0.5, 1.5, size=f)).astype(np.float32),
+        "beta": (beta_scale * rng.normal(size=f)).astype(np.float32),
+        "moving_mean": (0.1 * rng.normal(size=f)).astype(np.float32),
+        "moving_variance": rng.uniform(0.5, 2.0, size=f).astype(np.float32),
+    }
+
+
+def op_attrs(case, training):
+    *_, s, pad, transpose = case
+    return {"strides": (s, s), "padding": pad, "training": training, "transpose": transpose}
+
+
+def assert_close(actual, expected, rtol=2e-5, name=""):
+    """Relative to the tensor's scale: float32 kernels vs a float64 reference."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert np.all(np.isfinite(actual)), f"{name}: not finite (an element was never written)"
+    scale = max(np.max(np.abs(expected)), 1e-6)
+    error = np.max(np.abs(actual - expected)) / scale
+    assert error < rtol, f"{name}: relative error {error:.2e} >= {rtol:.0e}"
+
+
+def needs_native():
+    if not pyae.ops.native_available():
+        pytest.skip("the native op library is not built in this environment")
+    from pyae import _native  # pylint: disable=import-outside-toplevel
+
+    return _native
+
+
+# --- pyae._native against the float64 numpy reference -------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("case", ALL_SHAPES, ids=shape_id)
+def test_native_forward_matches_float64_reference(rng, case, training):
+    native = needs_native()
+    inputs = make_inputs(rng, case)
+    attrs = op_attrs(case, training)
+    y, mean, variance = native.conv_bn_lrelu_forward(*inputs.values(), **attrs)
+    y_ref, mean_ref, var_ref, _ = reference.forward(*inputs.values(), **attrs)
+    assert_close(y, y_ref, name="y")
+    assert_close(mean, mean_ref, rtol=1e-5, name="mean")
+    assert_close(variance, var_ref, rtol=1e-5, name="variance")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("case", FASHION_BLOCKS + AWKWARD, ids=shape_id)
+def test_native_backward_matches_float64_reference(rng, case, training):
+    native = needs_native()
+    inputs = make_inputs(rng, case)
+    attrs = op_attrs(case, training)
+    y, mean, variance = native.conv_bn_lrelu_forward(*inputs.values(), **attrs)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    grads = native.conv_bn_lrelu_backward(
+        dy, inputs["x"], inputs["kernel"], inputs["gamma"], inputs["beta"], y, mean, variance,
+        **attrs)
+    grads_ref = reference.backward(dy, *inputs.values(), **attrs)
+    for name, grad, grad_ref in zip(("dx", "dkernel", "dgamma", "dbeta"), grads, grads_ref):
+        assert_close(grad, grad_ref, rtol=5e-5, name=name)
+
+
+@pytest.mark.parametrize(
+    "gamma_scale, beta_scale, negative_slope",
+    [(1e-8, 0.2, 0.3), (0.01, 5.0, 0.3), (1.0, 0.2, 0.0)],
+    ids=["gamma-near-zero", "beta-dominates-gamma", "relu-not-invertible"],
+)
+def test_backward_recomputes_z_where_inverting_y_is_inexact(
+        rng, gamma_scale, beta_scale, negative_slope):
+    native = needs_native()
+    case = (2, 9, 9, 3, 4, 3, 2, "same", False)
+    inputs = make_inputs(rng, case, gamma_scale=gamma_scale, beta_scale=beta_scale)
+    attrs = dict(op_attrs(case, True), negative_slope=negative_slope)
+    assert not native_can_invert(inputs, negative_slope)
+    y, mean, variance = native.conv_bn_lrelu_forward(*inputs.values(), **attrs)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    grads = native.conv_bn_lrelu_backward(
+        dy, inputs["x"], inputs["kernel"], inputs["gamma"], inputs["beta"], y, mean, variance,
+        **attrs)
+    grads_ref = reference.backward(dy, *inputs.values(), **attrs)
+    for name, grad, grad_ref in zip(("dx", "dkernel", "dgamma", "dbeta"), grads, grads_ref):
+        assert_close(grad, grad_ref, rtol=1e-4, name=name)
+
+
+def native_can_invert(inputs, negative_slope):
+    gamma, beta = np.abs(inputs["gamma"]), np.abs(inputs["beta"])
+    return negative_slope > 0 and bool(np.all((gamma >= 1e-6) & (beta <= 64 * gamma)))
+
+
+# --- the TF op (native and fallback) against the Keras stack -------------------------------
+
+
+def keras_stack(case, inputs, epsilon=1e-3, momentum=0.99, negative_slope=0.3):
+    *_, f, k, s, pad, transpose = case
+    conv_cls = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    conv = conv_cls(f, k, strides=s, padding=pad, use_bias=False)
+    bn = keras.layers.BatchNormalization(epsilon=epsilon, momentum=momentum)
+    act = keras.layers.LeakyReLU(negative_slope=negative_slope)
+    conv.build(inputs["x"].shape)
+    bn.build(conv.compute_output_shape(inputs["x"].shape))
+    conv.kernel.assign(inputs["kernel"])
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        getattr(bn, name).assign(inputs[name])
+    return conv, bn, act
+
+
+def run_keras_stack(case, inputs, training):
+    conv, bn, act = keras_stack(case, inputs)
+    x = tf.constant(inputs["x"])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = act(bn(conv(x), training=training))
+        loss = tf.reduce_sum(y * tf.sin(y))
+    grads = tape.gradient(loss, [x, conv.kernel, bn.gamma, bn.beta])
+    return y, grads, (bn.moving_mean.numpy(), bn.moving_variance.numpy())
+
+
+def run_fused_op(case, inputs, training, impl, momentum=0.99):
+    x = tf.constant(inputs["x"])
+    variables = [tf.Variable(inputs[name]) for name in ("kernel", "gamma", "beta")]
+    attrs = op_attrs(case, training)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y, mean, variance = pyae.ops.fused_conv_bn_leaky_relu(
+            x, *variables, inputs["moving_mean"], inputs["moving_variance"], impl=impl, **attrs)
+        loss = tf.reduce_sum(y * tf.sin(y))
+    grads = tape.gradient(loss, [x] + variables)
+    if training:
+        moving = (inputs["moving_mean"] * momentum + mean.numpy() * (1 - momentum),
+                  inputs["moving_variance"] * momentum + variance.numpy() * (1 - momentum))
+    else:
+        moving = (inputs["moving_mean"], inputs["moving_variance"])
+    return y, grads, moving
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("case", FASHION_BLOCKS + AWKWARD, ids=shape_id)
+def test_fused_matches_keras_stack(rng, impl, case, training):
+    inputs = make_inputs(rng, case)
+    y_ref, grads_ref, moving_ref = run_keras_stack(case, inputs, training)
+    y, grads, moving = run_fused_op(case, inputs, training, impl)
+    assert_close(y, y_ref, rtol=1e-5, name="y")
+    for name, grad, grad_ref in zip(("dx", "dkernel", "dgamma", "dbeta"), grads, grads_ref):
+        assert_close(grad, grad_ref, rtol=1e-4, name=name)
+    assert_close(moving[0], moving_ref[0], rtol=1e-5, name="moving_mean")
+    assert_close(moving[1], moving_ref[1], rtol=1e-5, name="moving_variance")
+
+
+@pytest.mark.parametrize("case", CARTOON_BLOCKS[:1] + CARTOON_BLOCKS[-1:], ids=shape_id)
+def test_fused_matches_keras_stack_at_cartoon_shapes(rng, impl, case):
+    inputs = make_inputs(rng, case)
+    y_ref, grads_ref, _ = run_keras_stack(case, inputs, True)
+    y, grads, _ = run_fused_op(case, inputs, True, impl)
+    assert_close(y, y_ref, rtol=1e-5, name="y")
+    for name, grad, grad_ref in zip(("dx", "dkernel", "dgamma", "dbeta"), grads, grads_ref):
+        assert_close(grad, grad_ref, rtol=1e-4, name=name)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("case", [AWKWARD[0], (2, 4, 4, 3, 3, 3, 2, "same", True),
+                                  (2, 6, 6, 2, 3, 3, 2, "same", False)],
+                         ids=shape_id)
+def test_gradient_matches_numeric_gradient(rng, impl, case, training):
+    inputs = make_inputs(rng, case)
+    # A gentle slope keeps finite differences that straddle the kink from dominating.
+    attrs = dict(op_attrs(case, training), negative_slope=0.7)
+    names = ("x", "kernel", "gamma", "beta")
+    weights = rng.normal(size=(1,)).astype(np.float32)
+
+    def loss(x, kernel, gamma, beta):
+        y = pyae.ops.fused_conv_bn_leaky_relu(
+            x, kernel, gamma, beta, inputs["moving_mean"], inputs["moving_variance"],
+            impl=impl, **attrs).y
+        return tf.reduce_sum(y * tf.cos(y)) * weights[0]
+
+    theoretical, numerical = tf.test.compute_gradient(
+        loss, [tf.constant(inputs[name], tf.float32) for name in names], delta=1e-3)
+    for name, analytic, numeric in zip(names, theoretical, numerical):
+        scale = max(np.max(np.abs(numeric)), 1e-3)
+        assert np.max(np.abs(analytic - numeric)) / scale < 3e-2, name
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+GOOD = (2, 8, 8, 3, 4, 3, 1, "same", False)
+
+
+def call_op(inputs, impl="auto", **overrides):
+    attrs = dict(op_attrs(GOOD, True), **overrides)
+    return pyae.ops.fused_conv_bn_leaky_relu(*inputs.values(), impl=impl, **attrs)
+
+
+@pytest.mark.parametrize(
+    "field, bad_value, message",
+    [
+        ("x", np.ones((8, 8, 3), np.float32), "rank 4"),
+        ("x", np.ones((2, 8, 8, 5), np.float32), "5 channels"),
+        ("gamma", np.ones((7,), np.float32), "gamma must have shape"),
+        ("moving_variance", np.ones((3,), np.float32), "moving_variance must have shape"),
+        ("x", np.ones((2, 8, 8, 3), np.int32), "int32"),
+        ("x", np.ones((0, 8, 8, 3), np.float32), "empty batch"),
+    ],
+    ids=["rank", "channels", "gamma-size", "variance-size", "integer-dtype", "empty-batch"],
+)
+def test_bad_input_is_rejected_by_name(rng, impl, field, bad_value, message):
+    inputs = make_inputs(rng, GOOD)
+    inputs[field] = bad_value
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=message):
+        call_op(inputs, impl=impl)
+
+
+@pytest.mark.parametrize("strides, message", [(0, "strides must be >= 1"),
+                                              ((1, 2, 3), "strides")])
+def test_bad_strides_are_rejected(rng, impl, strides, message):
+    with pytest.raises(ValueError, match=message):
+        call_op(make_inputs(rng, GOOD), impl=impl, strides=strides)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_non_finite_input_raises_instead_of_propagating(rng, bad, training):
+    needs_native()
+    inputs = make_inputs(rng, GOOD)
+    inputs["x"][1, 3, 4, 2] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match="x contains NaN or Inf"):
+        call_op(inputs, impl="native", training=training)
+
+
+def test_non_finite_upstream_gradient_raises(rng):
+    needs_native()
+    inputs = make_inputs(rng, GOOD)
+    inputs["x"] = tf.constant(inputs["x"])
+    with tf.GradientTape() as tape:
+        tape.watch(inputs["x"])
+        y = call_op(inputs, impl="native").y
+        loss = tf.reduce_sum(y * tf.constant(np.inf))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="upstream gradient"):
+        tape.gradient(loss, inputs["x"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"strides": [0, 1]}, "strides must be >= 1"),
+        ({"strides": [1, 1, 1]}, "strides must have 2 elements"),
+        ({"epsilon": -1.0}, "epsilon must be > 0"),
+    ],
+    ids=["stride-zero", "stride-count", "epsilon"],
+)
+def test_raw_native_op_checks_its_attributes(rng, overrides, message):
+    needs_native()
+    inputs = make_inputs(rng, GOOD)
+    attrs = dict({"strides": [1, 1], "padding": "SAME", "epsilon": 1e-3,
+                  "negative_slope": 0.3, "is_training": True, "transpose": False}, **overrides)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
+        pyae.ops.load().pyae_fused_conv_bn_leaky_relu(*inputs.values(), **attrs)
+
+
+@pytest.mark.parametrize(
+    "field, shape, message",
+    [("x", (2, 8, 8, 5), "channels"), ("gamma", (9,), "gamma must have shape"),
+     ("x", (0, 8, 8, 3), "empty batch"), ("x", (2, 2, 2, 3), "too small")],
+    ids=["channels", "gamma", "empty-batch", "valid-too-small"],
+)
+def test_raw_native_op_checks_shapes_at_run_time(rng, field, shape, message):
+    needs_native()
+    inputs = make_inputs(rng, GOOD)
+    inputs[field] = rng.normal(size=shape).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)] * 6)
+    def unknown_shapes(*args):
+        return pyae.ops.load().pyae_fused_conv_bn_leaky_relu(
+            *args, strides=[1, 1], padding="VALID" if "valid" in message or "small" in message
+            else "SAME", is_training=True)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        unknown_shapes(*inputs.values())
+
+
+def test_native_module_rejects_bad_input_with_value_error(rng):
+    native = needs_native()
+    inputs = make_inputs(rng, GOOD)
+    inputs["x"] = inputs["x"][0]
+    with pytest.raises(ValueError, match="x must have rank 4"):
+        native.conv_bn_lrelu_forward(*inputs.values())
+
+
+# --- implementation choice, loader, build info ----------------------------------------------
+
+
+def test_native_impl_is_refused_inside_xla(rng):
+    needs_native()
+    inputs = make_inputs(rng, GOOD)
+
+    weights = list(inputs.values())[1:]
+
+    @tf.function(jit_compile=True)
+    def compiled(x):
+        return pyae.ops.fused_conv_bn_leaky_relu(x, *weights, training=True, impl="auto").y
+
+    @tf.function(jit_compile=True)
+    def forced(x):
+        return pyae.ops.fused_conv_bn_leaky_relu(x, *weights, training=True, impl="native").y
+
+    expected = call_op(inputs, impl="tf").y
+    assert_close(compiled(inputs["x"]), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="XLA"):
+        forced(inputs["x"])
+
+
+@pytest.mark.parametrize(
+    "recorded, running, abi, expected",
+    [
+        ({"tf_version": "2.21.0", "tf_cxx11_abi": 1}, "2.21.3", 1, None),
+        ({"tf_version": "2.20.0", "tf_cxx11_abi": 1}, "2.21.0", 1, "built for TensorFlow 2.20.0"),
+        ({"tf_version": "2.21.0", "tf_cxx11_abi": 0}, "2.21.0", 1, "_GLIBCXX_USE_CXX11_ABI=0"),
+        ({}, "2.21.0", 1, "not built"),
+    ],
+    ids=["same-minor", "other-minor", "other-abi", "nothing-built"],
+)
+def test_loader_explains_a_mismatch_before_loading(recorded, running, abi, expected):
+    reason = _loader.mismatch_reason(recorded, running, abi)
+    if expected is None:
+        assert reason is None
+    else:
+        assert expected in reason
+
+
+def run_python(code, cwd, **env):
+    """`python -c` in `cwd`: never the source tree, whose pyae/ may lack the built library."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=full_env, check=False, timeout=300, cwd=cwd)
+
+
+def test_environment_variable_forces_the_fallback(tmp_path):
+    result = run_python("""
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import pyae.ops
+            print(pyae.ops.native_available(), pyae.ops.resolve_impl("auto"))
+            print(pyae.ops.build_info()["tf_ops"]["reason"])
+        print(sum("fallback" in str(w.message) for w in caught))
+    """, tmp_path, PYAE_FORCE_FALLBACK="1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == "False tf"
+    assert "PYAE_FORCE_FALLBACK is set" in lines[1]
+
+
+def test_missing_library_warns_once_and_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(_loader, "LIBRARY_PATH", tmp_path / "missing.so")
+    monkeypatch.setattr(_loader, "BUILD_INFO_PATH", tmp_path / "missing.json")
+    monkeypatch.setattr(_loader, "_state", {"loaded": False, "library": None, "reason": None})
+    monkeypatch.delenv("PYAE_FORCE_FALLBACK", raising=False)
+    with pytest.warns(RuntimeWarning, match="pure-TensorFlow fallback") as caught:
+        assert _loader.load() is None
+        assert _loader.load() is None
+    assert len(caught) == 1
+    assert pyae.ops.resolve_impl("auto") == "tf"
+    with pytest.raises(ValueError, match="not installed"):
+        pyae.ops.resolve_impl("native")
+
+
+def test_build_info_says_what_was_built():
+    info = pyae.ops.build_info()
+    assert info["tf_ops"]["running_tf"] == tf.__version__
+    assert info["tf_ops"]["loaded"] == (info["tf_ops"]["reason"] is None)
+    if info["tf_ops"]["loaded"]:
+        assert info["tf_ops"]["built_for_tf"].split(".")[:2] == tf.__version__.split(".")[:2]
+        assert info["native_module"]["available"]
+        assert "cuda" in info and "built" in info["cuda"]
+
+
+@pytest.mark.skipif(os.environ.get("PYAE_REQUIRE_NATIVE", "") in ("", "0"),
+                    reason="only where the native build is required (CI)")
+def test_native_parts_are_built_where_required():
+    info = pyae.ops.build_info()
+    assert info["tf_ops"]["loaded"], info["tf_ops"]["reason"]
+    assert info["native_module"]["available"], info["native_module"]
+    if os.environ.get("PYAE_REQUIRE_CUDA", "") not in ("", "0"):
+        assert info["cuda"]["built"], info["cuda"]
+
+
+def test_saved_model_with_the_native_op_loads_after_import_pyae(rng, tmp_path):
+    needs_native()
+    inputs = make_inputs(rng, GOOD)
+    module = tf.Module()
+    module.weights = [tf.Variable(inputs[name]) for name in list(inputs)[1:]]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+    def serve(x):
+        return pyae.ops.fused_conv_bn_leaky_relu(x, *module.weights, impl="native").y
+
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "model"))
+    expected = serve(inputs["x"]).numpy()
+    np.save(tmp_path / "x.npy", inputs["x"])
+    result = run_python(f"""
+        import numpy as np, tensorflow as tf
+        import pyae
+        loaded = tf.saved_model.load({str(tmp_path / 'model')!r})
+        np.save({str(tmp_path / 'y.npy')!r}, loaded.serve(np.load({str(tmp_path / 'x.npy')!r})))
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_close(np.load(tmp_path / "y.npy"), expected, rtol=1e-6)
