@@ -1,0 +1,244 @@
+"""The ``pyae`` command line: one tiny training run per module, every command on it, and
+bad input that must exit 2 with one message naming the bad value."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pyae import cli
+
+SAMPLERS = ("uniform", "normal", "gaussian", "gmm")
+RUN_FILES = ["config.json", "metrics.json", "loss.csv", "model.weights.h5",
+             "reconstructions.png", "latent_scatter.png", "interpolation.png",
+             "loss_curves.png"] + [f"samples_{name}.png" for name in SAMPLERS]
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout, stderr) of ``pyae argv``, run in this process."""
+    try:
+        status = cli.main([str(arg) for arg in argv])
+    except SystemExit as exit_:  # argparse's own usage errors
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_user_error(result, *fragments):
+    status, _, err = result
+    assert status == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def metrics_of(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One epoch on 128 digits: the run folder every other test reads."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    status = cli.main(["train", "--epochs", "1", "--limit", "128", "--batch-size", "64",
+                       "--step", "native", "--out", str(run_dir), "--quiet"])
+    assert status == 0
+    return run_dir
+
+
+def test_train_writes_the_whole_run_folder(trained_run):
+    for name in RUN_FILES:
+        path = trained_run / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["model"]["preset"] == "fashion_mnist"
+    assert config["data"] == {"dataset": "digits", "fashion_mnist_path": None,
+                              "image_size": None, "limit": 128, "seed": 0}
+    assert config["train"]["epochs"] == 1 and config["train"]["chosen_step"] == "native"
+    assert (trained_run / "loss.csv").read_text().count("\n") == 2  # header + one epoch
+    metrics = metrics_of(trained_run)
+    assert set(metrics["reconstruction"]) == {"mse", "psnr", "ssim"}
+    assert "linear_probe_accuracy" in metrics["representation"]
+    assert set(metrics["samplers"]) == set(SAMPLERS)
+    assert {"hole_rate", "precision", "recall", "density", "coverage"} <= set(
+        metrics["samplers"]["gmm"])
+
+
+def test_reconstruct_rewrites_grid_and_metrics(trained_run, capsys):
+    (trained_run / "reconstructions.png").unlink()
+    status, out, _ = run_cli(capsys, "reconstruct", "--run", trained_run, "--n", 10)
+    assert status == 0
+    assert (trained_run / "reconstructions.png").stat().st_size > 0
+    assert json.loads(out)["reconstruction"]["mse"] == metrics_of(trained_run)[
+        "reconstruction"]["mse"]
+
+
+def test_latent_writes_scatter(trained_run, capsys):
+    (trained_run / "latent_scatter.png").unlink()
+    status, out, _ = run_cli(capsys, "latent", "--run", trained_run, "--quiet")
+    assert status == 0
+    assert (trained_run / "latent_scatter.png").stat().st_size > 0
+    assert "knn_accuracy" in json.loads(out)["representation"]
+
+
+def test_sample_writes_chosen_samplers_and_interpolation(trained_run, capsys):
+    for name in ("samples_uniform.png", "samples_gmm.png", "interpolation.png"):
+        (trained_run / name).unlink()
+    status, out, _ = run_cli(capsys, "sample", "--run", trained_run, "--samplers",
+                             "uniform,gmm", "--n", 5, "--interpolation", "slerp", "--quiet")
+    assert status == 0
+    for name in ("samples_uniform.png", "samples_gmm.png", "interpolation.png"):
+        assert (trained_run / name).stat().st_size > 0
+    assert set(json.loads(out)["samplers"]) == {"uniform", "gmm"}
+    # Other samplers' entries from training are kept, not dropped.
+    assert set(metrics_of(trained_run)["samplers"]) == set(SAMPLERS)
+
+
+def test_evaluate_prints_every_metric(trained_run, capsys):
+    status, out, _ = run_cli(capsys, "evaluate", "--run", trained_run, "--samplers", "gaussian",
+                             "--n", 100, "--quiet")
+    assert status == 0
+    printed = json.loads(out)
+    assert {"reconstruction", "representation", "samplers", "decoder_consistency"} <= set(printed)
+    assert printed["decoder_consistency"]["test_codes"] >= 0
+
+
+@pytest.mark.parametrize("command, option", [("denoise", "--noise-std=0.2"),
+                                             ("inpaint", "--mask-fraction=0.3")])
+def test_restoration_writes_figure_and_psnr(trained_run, capsys, command, option):
+    status, out, _ = run_cli(capsys, command, "--run", trained_run, option, "--images", 32,
+                             "--quiet")
+    assert status == 0
+    assert (trained_run / f"{command}.png").stat().st_size > 0
+    summary = metrics_of(trained_run)[command]
+    assert summary == json.loads(out)[command]
+    assert summary["images"] == 32
+    assert summary["psnr_gain"] == pytest.approx(summary["psnr_after"] - summary["psnr_before"])
+
+
+# --------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["train", "--dataset", "mnistt"], ["'mnistt'", "unknown dataset"]),
+    (["train", "--dataset", "folder:/no/such/folder"], ["/no/such/folder", "does not exist"]),
+    (["train", "--dataset", "folder:"], ["'folder:'", "folder:PATH"]),
+    (["train", "--fashion-mnist-path", "/no/such/idx"], ["/no/such/idx"]),
+    (["train", "--preset", "anime"], ["'anime'", "--preset"]),
+    (["train", "--epochs", "0"], ["'0'", "--epochs"]),
+    (["train", "--latent-dim", "two"], ["'two'"]),
+    (["reconstruct", "--run", "/no/such/run"], ["/no/such/run"]),
+    (["sample", "--run", ".", "--samplers", "uniform,bogus"], ["bogus"]),
+    (["inpaint", "--run", ".", "--mask-fraction", "1.5"], ["'1.5'"]),
+    (["denoise", "--run", ".", "--noise-std", "-1"], ["'-1'"]),
+    (["frobnicate"], ["'frobnicate'"]),
+])
+def test_bad_input_exits_2_naming_the_value(capsys, argv, fragments):
+    assert_user_error(run_cli(capsys, *argv), *fragments)
+
+
+def test_run_folder_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    assert_user_error(run_cli(capsys, "latent", "--run", tmp_path), str(tmp_path),
+                      "no checkpoint")
+    other = tmp_path / "empty"
+    other.mkdir()
+    assert_user_error(run_cli(capsys, "evaluate", "--run", other), "no config.json")
+
+
+def test_image_size_the_model_cannot_take(tmp_path, capsys):
+    result = run_cli(capsys, "train", "--dataset", "synthetic_faces", "--image-size", 30,
+                     "--limit", 8, "--out", tmp_path / "run")
+    assert_user_error(result, "cartoon", "(30, 30, 3)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bench_without_bench_folder(tmp_path, capsys):
+    assert_user_error(run_cli(capsys, "bench", "--bench-dir", tmp_path / "nope"), "nope")
+
+
+def test_python_dash_m_help_and_error():
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    help_run = subprocess.run([sys.executable, "-m", "pyae", "--help"], capture_output=True,
+                              text=True, env=environment, timeout=120)
+    assert help_run.returncode == 0
+    for command in ("train", "reconstruct", "latent", "sample", "evaluate", "denoise",
+                    "inpaint", "bench"):
+        assert command in help_run.stdout
+    error_run = subprocess.run([sys.executable, "-m", "pyae", "latent", "--run", "/no/run"],
+                               capture_output=True, text=True, env=environment, timeout=120)
+    assert error_run.returncode == 2
+    assert "Traceback" not in error_run.stderr
+    assert error_run.stderr.strip().splitlines()[-1] == (
+        "pyae latent: error: --run /no/run: no such run folder")
+
+
+def write_idx_gz(path, array):
+    """An IDX file (ubyte) as Fashion-MNIST ships it, gzip-compressed."""
+    import gzip
+
+    import numpy as np
+
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + np.asarray(array, np.uint8).tobytes())
+
+
+def fake_fashion_mnist(folder):
+    import numpy as np
+
+    from pyae import data
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for split, count in (("train", 64), ("test", 16)):
+        write_idx_gz(folder / data.FASHION_MNIST_FILES[f"x_{split}"],
+                     rng.integers(0, 256, (count, 28, 28)))
+        write_idx_gz(folder / data.FASHION_MNIST_FILES[f"y_{split}"],
+                     np.arange(count) % 10)
+    return ["--dataset", "fashion_mnist", "--fashion-mnist-path", folder]
+
+
+def fake_cartoon_folder(folder):
+    from pyae import data
+
+    data.write_synthetic_cartoon_folder(folder, 40, image_size=32, seed=0)
+    return ["--dataset", f"folder:{folder}", "--preset", "cartoon", "--image-size", 32,
+            "--latent-dim", 8]
+
+
+@pytest.mark.parametrize("make_dataset, preset", [(fake_fashion_mnist, "fashion_mnist"),
+                                                  (fake_cartoon_folder, "cartoon")])
+def test_the_tutorials_two_runs(tmp_path, capsys, make_dataset, preset):
+    dataset_args = make_dataset(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    status, _, err = run_cli(capsys, "train", *dataset_args, "--epochs", 1, "--step", "native",
+                             "--out", run_dir, "--quiet")
+    assert status == 0, err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["preset"] == preset
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+
+
+def test_bench_runs_the_report_script_with_extra_arguments(tmp_path, capfd):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "report.py").write_text("import sys\nprint('report', sys.argv[1:])\n")
+    status = cli.main(["bench", "--bench-dir", str(bench), "--quiet", "--", "--fast"])
+    assert status == 0
+    assert "report ['--fast']" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("preset, images, batch_size", [
+    ("fashion_mnist", 60000, 128), ("fashion_mnist", 1500, 32), ("cartoon", 100000, 32),
+    ("cartoon", 100, 16)])
+def test_default_batch_size_gives_enough_steps(preset, images, batch_size):
+    assert cli.default_batch_size(preset, images) == batch_size
+
+
+def test_out_folder_holding_another_run_is_refused(trained_run, capsys):
+    result = run_cli(capsys, "train", "--latent-dim", 3, "--limit", 128, "--out", trained_run)
+    assert_user_error(result, str(trained_run), "another dataset or model")
