@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import pyae
 import pyae.ops
 from pyae.ops import _loader
 
@@ -385,8 +386,9 @@ def test_loader_explains_a_mismatch_before_loading(recorded, running, abi, expec
 
 
 def run_python(code, cwd, **env):
-    """`python -c` in `cwd`: never the source tree, whose pyae/ may lack the built library."""
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env)
+    """`python -c` in `cwd`, importing the same pyae as this process."""
+    package_root = os.path.dirname(os.path.dirname(pyae.__file__))
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=package_root, **env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=full_env, check=False, timeout=300, cwd=cwd)
 

@@ -40,23 +40,74 @@ void ForEachTile(const ConvGeometry& g, int64_t first_image, int64_t end_image, 
   }
 }
 
+bool UnitStride(const ConvGeometry& g) { return g.stride_h == 1 && g.stride_w == 1; }
+
+// At stride 1 the adjoint of the big->small conv is itself a conv, small->big, with the kernel
+// flipped and its channel axes swapped. Running it as im2col + GEMM writes each output row
+// once, where col2im would scatter-add every patch.
+ConvGeometry AdjointGeometry(const ConvGeometry& g) {
+  ConvGeometry adjoint = g;
+  adjoint.big_h = g.small_h;
+  adjoint.big_w = g.small_w;
+  adjoint.big_c = g.small_c;
+  adjoint.small_h = g.big_h;
+  adjoint.small_w = g.big_w;
+  adjoint.small_c = g.big_c;
+  adjoint.pad_top = g.kernel_h - 1 - g.pad_top;
+  adjoint.pad_left = g.kernel_w - 1 - g.pad_left;
+  return adjoint;
+}
+
+// kernel [kh][kw][big_c][small_c] -> flipped [kh][kw][small_c][big_c].
+std::vector<float> AdjointKernel(const ConvGeometry& g, const float* kernel) {
+  const int64_t kh = g.kernel_h, kw = g.kernel_w, big_c = g.big_c, small_c = g.small_c;
+  std::vector<float> adjoint(kh * kw * big_c * small_c);
+  for (int64_t i = 0; i < kh; ++i) {
+    for (int64_t j = 0; j < kw; ++j) {
+      const float* tap = kernel + (i * kw + j) * big_c * small_c;
+      float* flipped = adjoint.data() + ((kh - 1 - i) * kw + (kw - 1 - j)) * small_c * big_c;
+      for (int64_t ci = 0; ci < big_c; ++ci) {
+        for (int64_t co = 0; co < small_c; ++co) flipped[co * big_c + ci] = tap[ci * small_c + co];
+      }
+    }
+  }
+  return adjoint;
+}
+
+// out rows [first image, end image) of `conv` = im2col(in) x matrix; on_rows sees each tile.
+template <typename OnRows>
+void ConvRows(const ConvGeometry& conv, const float* in, const float* matrix, int64_t first,
+              int64_t end, std::vector<float>* cols, float* out, OnRows on_rows) {
+  const int64_t patch = conv.patch_size();
+  cols->resize(TileRows(conv) * patch);
+  ForEachTile(conv, first, end, [&](int64_t s, int64_t rows) {
+    Im2Col(conv, in, s, rows, cols->data());
+    float* out_rows = out + s * conv.small_c;
+    Gemm(false, false, rows, conv.small_c, patch, 1.0f, cols->data(), patch, matrix,
+         conv.small_c, 0.0f, out_rows, conv.small_c);
+    on_rows(out_rows, rows);
+  });
+}
+
 // Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
 // sees each finished run of z rows while it is still in cache.
+// Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
+// sees each finished run of z rows while it is still in cache. `adjoint_kernel` is the
+// flipped kernel of a unit-stride transposed conv (see AdjointKernel), else null.
 template <typename OnRows>
-void ComputeZ(const ConvGeometry& g, const float* x, const float* kernel, int64_t first,
-              int64_t end, std::vector<float>* cols, float* z, OnRows on_rows) {
-  const int64_t patch = g.patch_size();
-  cols->resize(TileRows(g) * patch);
+void ComputeZ(const ConvGeometry& g, const float* x, const float* kernel,
+              const float* adjoint_kernel, int64_t first, int64_t end, std::vector<float>* cols,
+              float* z, OnRows on_rows) {
   if (!g.transpose) {
-    ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
-      Im2Col(g, x, s, rows, cols->data());
-      float* z_rows = z + s * g.small_c;
-      Gemm(false, false, rows, g.small_c, patch, 1.0f, cols->data(), patch, kernel, g.small_c,
-           0.0f, z_rows, g.small_c);
-      on_rows(z_rows, rows);
-    });
+    ConvRows(g, x, kernel, first, end, cols, z, on_rows);
     return;
   }
+  if (adjoint_kernel != nullptr) {
+    ConvRows(AdjointGeometry(g), x, adjoint_kernel, first, end, cols, z, on_rows);
+    return;
+  }
+  const int64_t patch = g.patch_size();
+  cols->resize(TileRows(g) * patch);
   float* z_block = z + first * g.big_pixels() * g.big_c;
   const int64_t block_rows = (end - first) * g.big_pixels();
   std::memset(z_block, 0, sizeof(float) * block_rows * g.big_c);
@@ -232,12 +283,37 @@ void ComputeDz(const Preactivation<kInvert>& pre, int64_t first_row, int64_t row
 }
 
 // dx and this task's share of dkernel for images [first, end).
+// Unit-stride Conv2D: dz for the task's images, then dkernel over z tiles and dx as the
+// adjoint conv over x tiles (no scatter).
+template <bool kInvert>
+void UnitStrideConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
+                                 const float* x, const float* adjoint_kernel, int64_t first,
+                                 int64_t end, float* dx, float* dkernel_partial) {
+  const int64_t patch = g.patch_size();
+  const int64_t z_rows = (end - first) * g.small_pixels();
+  std::vector<float> dz_block(z_rows * g.small_c);
+  ComputeDz(pre, first * g.small_pixels(), z_rows, g.small_c, dz_block.data());
+  const float* dz_images = dz_block.data() - first * g.small_pixels() * g.small_c;
+  std::vector<float> cols(TileRows(g) * patch);
+  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
+    Im2Col(g, x, s, rows, cols.data());
+    Gemm(true, false, patch, g.small_c, rows, 1.0f, cols.data(), patch,
+         dz_images + s * g.small_c, g.small_c, 1.0f, dkernel_partial, g.small_c);
+  });
+  ConvRows(AdjointGeometry(g), dz_images, adjoint_kernel, first, end, &cols, dx,
+           [](float*, int64_t) {});
+}
+
 template <bool kInvert>
 void ConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
-                       const float* x, const float* kernel, int64_t first, int64_t end,
-                       float* dx, float* dkernel_partial) {
+                       const float* x, const float* kernel, const float* adjoint_kernel,
+                       int64_t first, int64_t end, float* dx, float* dkernel_partial) {
   const int64_t patch = g.patch_size();
   const int64_t tile_rows = TileRows(g);
+  if (!g.transpose && adjoint_kernel != nullptr) {
+    UnitStrideConvBackwardBlock(g, pre, x, adjoint_kernel, first, end, dx, dkernel_partial);
+    return;
+  }
   std::vector<float> cols(tile_rows * patch);
   if (!g.transpose) {
     std::vector<float> dz(tile_rows * g.small_c);
@@ -299,9 +375,14 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
         p.training ? static_cast<float>(-terms->dz_du[c] * totals[channels + c] / count) : 0.f;
   }
   const int64_t kernel_size = g.patch_size() * g.small_c;
+  // With few input channels the adjoint GEMM is a thin GEMV; the scatter is cheaper there.
+  constexpr int64_t kMinAdjointChannels = 16;
+  const bool adjoint_dx = !g.transpose && UnitStride(g) && g.big_c >= kMinAdjointChannels;
+  const std::vector<float> adjoint = adjoint_dx ? AdjointKernel(g, kernel) : std::vector<float>();
+  const float* dx_adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
   std::vector<float> kernel_partials(blocks.count * kernel_size, 0.0f);
   runtime.run_tasks(blocks.count, [&](int64_t b) {
-    ConvBackwardBlock(g, pre, x, kernel, blocks.begin(b), blocks.end(b), dx,
+    ConvBackwardBlock(g, pre, x, kernel, dx_adjoint_kernel, blocks.begin(b), blocks.end(b), dx,
                       kernel_partials.data() + b * kernel_size);
   });
   SumPartials(kernel_partials, blocks.count, kernel_size, dkernel);
@@ -329,6 +410,9 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
   if (!err.empty()) return err;
   const int64_t channels = g.z_channels();
   const ImageBlocks blocks = MakeBlocks(g, runtime);
+  const std::vector<float> adjoint =
+      g.transpose && UnitStride(g) ? AdjointKernel(g, kernel) : std::vector<float>();
+  const float* adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
   std::vector<float> scale(channels), shift(channels);
   auto set_affine = [&](const float* mean, const float* variance) {
     for (int64_t c = 0; c < channels; ++c) {
@@ -344,7 +428,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
     set_affine(moving_mean, moving_variance);
     runtime.run_tasks(blocks.count, [&](int64_t b) {
       std::vector<float> cols;
-      ComputeZ(g, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
+      ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, y,
                [&](float* rows, int64_t count) {
                  probes[b] += ApplyEpilogue(rows, count, channels, scale.data(), shift.data(),
                                             p.negative_slope);
@@ -361,7 +445,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
   runtime.run_tasks(blocks.count, [&](int64_t b) {
     std::vector<float> cols;
     double* sum = moments.data() + b * channels * 2;
-    ComputeZ(g, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
+    ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, y,
              [&](float* rows, int64_t count) {
                AccumulateMoments(rows, count, channels, sum, sum + channels);
              });
@@ -413,10 +497,13 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
   }
   // Inverting y would not be exact: recompute z from x (scratch for this call only).
   std::vector<float> z(g.batch * g.z_pixels() * channels);
+  const std::vector<float> adjoint =
+      g.transpose && UnitStride(g) ? AdjointKernel(g, kernel) : std::vector<float>();
+  const float* adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
   const ImageBlocks blocks = MakeBlocks(g, runtime);
   runtime.run_tasks(blocks.count, [&](int64_t b) {
     std::vector<float> cols;
-    ComputeZ(g, x, kernel, blocks.begin(b), blocks.end(b), &cols, z.data(),
+    ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, z.data(),
              [](float*, int64_t) {});
   });
   Preactivation<false> pre{y, dy, z.data(), beta, mean, &terms, p.negative_slope, inv_slope};
