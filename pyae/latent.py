@@ -246,7 +246,8 @@ def _tsne(latents, seed, n_components, **kwargs):
     from sklearn.manifold import TSNE
 
     if latents.shape[1] > 50:
-        latents = PCA(50, random_state=seed).fit_transform(latents)
+        # PCA can keep at most min(n_samples, n_features) components.
+        latents = PCA(min(50, len(latents)), random_state=seed).fit_transform(latents)
     # scikit-learn requires perplexity < n_samples; keep its default of 30 where possible.
     kwargs.setdefault("perplexity", min(30.0, max(1.0, (len(latents) - 1) / 3)))
     return TSNE(n_components, init="pca", random_state=seed, **kwargs).fit_transform(latents)

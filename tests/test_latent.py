@@ -216,3 +216,10 @@ def test_nearest_neighbors_finds_the_codes_themselves(blobs):
     assert distances.shape == indices.shape == (5, 3)
     np.testing.assert_array_equal(indices[:, 0], np.arange(10, 15))
     assert np.all(np.diff(distances, axis=1) >= 0)
+
+
+def test_tsne_projects_fewer_points_than_pca_dimensions(rng):
+    wide_latents = rng.normal(size=(30, 200)).astype(np.float32)
+    projected = latent.project(wide_latents, method="tsne", seed=0)
+    assert projected.shape == (30, 2)
+    assert np.all(np.isfinite(projected))
