@@ -662,7 +662,7 @@ def _add_train_parser(commands):
                         help="fused op implementation (default auto)")
     parser.add_argument("--step", choices=("auto", "xla", "native"), default="auto",
                         help="train step: XLA-compiled, native op graph, or the faster (auto)")
-    parser.add_argument("--epochs", type=_positive_int, default=10, help="default 10")
+    parser.add_argument("--epochs", type=_positive_int, default=40, help="default 40")
     parser.add_argument("--batch-size", type=_positive_int,
                         help="default 128 (fashion_mnist preset) or 32 (cartoon), halved "
                              "for small datasets to give 40 steps per epoch (32 on digits)")

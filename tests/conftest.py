@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,6 +16,14 @@ def fixed_seed():
     keras.utils.set_random_seed(1234)
     np.random.seed(1234)
     return 1234
+
+
+@pytest.fixture(autouse=True)
+def one_openmp_thread():
+    """scikit-learn's OpenMP loops (t-SNE, k-means) spin-wait for busy cores on a shared
+    2-core machine and run many times slower there than on one thread."""
+    with threadpool_limits(1, user_api="openmp"):
+        yield
 
 
 @pytest.fixture

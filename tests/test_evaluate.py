@@ -3,19 +3,10 @@ import json
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from pyae import evaluate, latent
 
 SEED = 11
-
-
-@pytest.fixture(autouse=True)
-def one_openmp_thread():
-    # The test machines are 2 shared cores: scikit-learn's OpenMP loops (k-means) spin-wait
-    # for busy cores there and run many times slower than on one thread.
-    with threadpool_limits(1, user_api="openmp"):
-        yield
 
 
 @pytest.fixture

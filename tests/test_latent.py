@@ -5,19 +5,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from threadpoolctl import threadpool_limits
 
 from pyae import latent
 
 SEED = 7
-
-
-@pytest.fixture(autouse=True)
-def one_openmp_thread():
-    # The test machines are 2 shared cores: scikit-learn's OpenMP loops (t-SNE, k-means)
-    # spin-wait for busy cores there and run 20x slower than on one thread.
-    with threadpool_limits(1, user_api="openmp"):
-        yield
 
 
 @pytest.fixture
