@@ -14,7 +14,8 @@ def row(run_dir):
     run = Path(run_dir)
     config = json.loads((run / "config.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    holes = [f"{metrics['samplers'][name]['hole_rate']:.2f}" for name in SAMPLERS]
+    holes = [f"{metrics['samplers'][name]['hole_rate']:.2f} ({metrics['samplers'][name]['precision']:.2f})"
+             for name in SAMPLERS]
     rec, rep = metrics["reconstruction"], metrics["representation"]
     model = config["model"]
     latent_dim = model.get("latent_dim") or PRESET_LATENT[model["preset"]]
@@ -25,7 +26,7 @@ def row(run_dir):
 
 def main(run_dirs):
     print("| objective | latent | test MSE | PSNR dB | linear probe | kNN acc | NMI "
-          "| hole rate: uniform | N(0, I) | Gaussian | GMM |")
+          "| uniform | N(0, I) | Gaussian | GMM |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run_dir in run_dirs:
         print(row(run_dir))
