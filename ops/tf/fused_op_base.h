@@ -1,0 +1,94 @@
+// Attribute parsing and input checks shared by the CPU and GPU OpKernels of the fused op
+// (ops/tf/fused_kernels.cc, ops/tf/fused_kernels_gpu.cc), so both reject bad input with the
+// same InvalidArgumentError.
+#ifndef PYAE_OPS_TF_FUSED_OP_BASE_H_
+#define PYAE_OPS_TF_FUSED_OP_BASE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "conv_geometry.h"
+#include "fused_conv_bn_lrelu.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace pyae {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
+inline std::string ShapeString(const Tensor& t) { return t.shape().DebugString(); }
+
+class FusedOpBase : public OpKernel {
+ public:
+  explicit FusedOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::vector<int32_t> strides;
+    std::string padding;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &params_.epsilon));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("negative_slope", &params_.negative_slope));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("is_training", &params_.training));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose", &transpose_));
+    OP_REQUIRES(ctx, strides.size() == 2,
+                absl::InvalidArgumentError("strides must have 2 elements, got " +
+                                           std::to_string(strides.size())));
+    OP_REQUIRES(ctx, strides[0] >= 1 && strides[1] >= 1,
+                absl::InvalidArgumentError("strides must be >= 1, got [" +
+                                           std::to_string(strides[0]) + ", " +
+                                           std::to_string(strides[1]) + "]"));
+    OP_REQUIRES(ctx, params_.epsilon > 0.0f,
+                absl::InvalidArgumentError("epsilon must be > 0, got " +
+                                           std::to_string(params_.epsilon)));
+    OP_REQUIRES(ctx, params_.negative_slope >= 0.0f,
+                absl::InvalidArgumentError("negative_slope must be >= 0, got " +
+                                           std::to_string(params_.negative_slope)));
+    stride_h_ = strides[0];
+    stride_w_ = strides[1];
+    padding_ = padding == "SAME" ? Padding::kSame : Padding::kValid;
+  }
+
+ protected:
+  // Fills params->geometry from x and kernel, or says why they disagree.
+  absl::Status MakeParams(const Tensor& x, const Tensor& kernel, FusedParams* params) const {
+    if (x.dims() != 4) {
+      return absl::InvalidArgumentError("x must be rank 4 (NHWC), got shape " + ShapeString(x));
+    }
+    if (kernel.dims() != 4) {
+      return absl::InvalidArgumentError("kernel must be rank 4, got shape " + ShapeString(kernel));
+    }
+    const int64_t x_shape[4] = {x.dim_size(0), x.dim_size(1), x.dim_size(2), x.dim_size(3)};
+    const int64_t k_shape[4] = {kernel.dim_size(0), kernel.dim_size(1), kernel.dim_size(2),
+                                kernel.dim_size(3)};
+    *params = params_;
+    const std::string err = MakeGeometry(x_shape, k_shape, stride_h_, stride_w_, padding_,
+                                         transpose_, &params->geometry);
+    return err.empty() ? absl::OkStatus() : absl::InvalidArgumentError(err);
+  }
+
+  static absl::Status CheckVector(const Tensor& t, const char* name, int64_t channels) {
+    if (t.dims() == 1 && t.dim_size(0) == channels) return absl::OkStatus();
+    return absl::InvalidArgumentError(std::string(name) + " must have shape [" +
+                                      std::to_string(channels) +
+                                      "] to match the kernel's filters, got " + ShapeString(t));
+  }
+
+  static TensorShape ZShape(const ConvGeometry& g) {
+    return g.transpose ? TensorShape({g.batch, g.big_h, g.big_w, g.big_c})
+                       : TensorShape({g.batch, g.small_h, g.small_w, g.small_c});
+  }
+
+  FusedParams params_;
+  bool transpose_ = false;
+  int64_t stride_h_ = 1, stride_w_ = 1;
+  Padding padding_ = Padding::kSame;
+};
+
+}  // namespace pyae
+
+#endif  // PYAE_OPS_TF_FUSED_OP_BASE_H_
