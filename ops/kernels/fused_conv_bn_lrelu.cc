@@ -8,6 +8,7 @@
 
 #include "gemm.h"
 #include "im2col.h"
+#include "scratch.h"
 
 namespace pyae {
 namespace {
@@ -77,9 +78,9 @@ std::vector<float> AdjointKernel(const ConvGeometry& g, const float* kernel) {
 // out rows [first image, end image) of `conv` = im2col(in) x matrix; on_rows sees each tile.
 template <typename OnRows>
 void ConvRows(const ConvGeometry& conv, const float* in, const float* matrix, int64_t first,
-              int64_t end, std::vector<float>* cols, float* out, OnRows on_rows) {
+              int64_t end, Scratch* cols, float* out, OnRows on_rows) {
   const int64_t patch = conv.patch_size();
-  cols->resize(TileRows(conv) * patch);
+  cols->Reserve(TileRows(conv) * patch);
   ForEachTile(conv, first, end, [&](int64_t s, int64_t rows) {
     Im2Col(conv, in, s, rows, cols->data());
     float* out_rows = out + s * conv.small_c;
@@ -96,7 +97,7 @@ void ConvRows(const ConvGeometry& conv, const float* in, const float* matrix, in
 // flipped kernel of a unit-stride transposed conv (see AdjointKernel), else null.
 template <typename OnRows>
 void ComputeZ(const ConvGeometry& g, const float* x, const float* kernel,
-              const float* adjoint_kernel, int64_t first, int64_t end, std::vector<float>* cols,
+              const float* adjoint_kernel, int64_t first, int64_t end, Scratch* cols,
               float* z, OnRows on_rows) {
   if (!g.transpose) {
     ConvRows(g, x, kernel, first, end, cols, z, on_rows);
@@ -107,7 +108,7 @@ void ComputeZ(const ConvGeometry& g, const float* x, const float* kernel,
     return;
   }
   const int64_t patch = g.patch_size();
-  cols->resize(TileRows(g) * patch);
+  cols->Reserve(TileRows(g) * patch);
   float* z_block = z + first * g.big_pixels() * g.big_c;
   const int64_t block_rows = (end - first) * g.big_pixels();
   std::memset(z_block, 0, sizeof(float) * block_rows * g.big_c);
@@ -291,10 +292,10 @@ void UnitStrideConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInv
                                  int64_t end, float* dx, float* dkernel_partial) {
   const int64_t patch = g.patch_size();
   const int64_t z_rows = (end - first) * g.small_pixels();
-  std::vector<float> dz_block(z_rows * g.small_c);
+  Scratch dz_block(z_rows * g.small_c);
   ComputeDz(pre, first * g.small_pixels(), z_rows, g.small_c, dz_block.data());
   const float* dz_images = dz_block.data() - first * g.small_pixels() * g.small_c;
-  std::vector<float> cols(TileRows(g) * patch);
+  Scratch cols(TileRows(g) * patch);
   ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
     Im2Col(g, x, s, rows, cols.data());
     Gemm(true, false, patch, g.small_c, rows, 1.0f, cols.data(), patch,
@@ -314,9 +315,9 @@ void ConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
     UnitStrideConvBackwardBlock(g, pre, x, adjoint_kernel, first, end, dx, dkernel_partial);
     return;
   }
-  std::vector<float> cols(tile_rows * patch);
+  Scratch cols(tile_rows * patch);
   if (!g.transpose) {
-    std::vector<float> dz(tile_rows * g.small_c);
+    Scratch dz(tile_rows * g.small_c);
     std::memset(dx + first * g.big_pixels() * g.big_c, 0,
                 sizeof(float) * (end - first) * g.big_pixels() * g.big_c);
     ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
@@ -333,7 +334,7 @@ void ConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
   // Transposed: z is the big image, so its gradient is needed around each x pixel; build dz
   // for this task's images first (scratch freed on return, never kept for the backward).
   const int64_t z_rows = (end - first) * g.big_pixels();
-  std::vector<float> dz_block(z_rows * g.big_c);
+  Scratch dz_block(z_rows * g.big_c);
   ComputeDz(pre, first * g.big_pixels(), z_rows, g.big_c, dz_block.data());
   const float* dz_images = dz_block.data() - first * g.big_pixels() * g.big_c;
   ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
@@ -427,7 +428,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
     if (!err.empty()) return err;
     set_affine(moving_mean, moving_variance);
     runtime.run_tasks(blocks.count, [&](int64_t b) {
-      std::vector<float> cols;
+      Scratch cols;
       ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, y,
                [&](float* rows, int64_t count) {
                  probes[b] += ApplyEpilogue(rows, count, channels, scale.data(), shift.data(),
@@ -443,7 +444,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
   }
   std::vector<double> moments(blocks.count * channels * 2, 0.0);
   runtime.run_tasks(blocks.count, [&](int64_t b) {
-    std::vector<float> cols;
+    Scratch cols;
     double* sum = moments.data() + b * channels * 2;
     ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, y,
              [&](float* rows, int64_t count) {
@@ -496,13 +497,13 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
     return BackwardWith(p, runtime, pre, &terms, x, kernel, gamma, dx, dkernel, dgamma, dbeta);
   }
   // Inverting y would not be exact: recompute z from x (scratch for this call only).
-  std::vector<float> z(g.batch * g.z_pixels() * channels);
+  Scratch z(g.batch * g.z_pixels() * channels);
   const std::vector<float> adjoint =
       g.transpose && UnitStride(g) ? AdjointKernel(g, kernel) : std::vector<float>();
   const float* adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
   const ImageBlocks blocks = MakeBlocks(g, runtime);
   runtime.run_tasks(blocks.count, [&](int64_t b) {
-    std::vector<float> cols;
+    Scratch cols;
     ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, z.data(),
              [](float*, int64_t) {});
   });
