@@ -122,12 +122,8 @@ class FusedConvBnLeakyReluGpuOp : public FusedGpuOpBase {
     const Tensor& x = ctx->input(0);
     const Tensor& kernel = ctx->input(1);
     FusedParams params;
-    OP_REQUIRES_OK(ctx, MakeParams(x, kernel, &params));
+    OP_REQUIRES_OK(ctx, CheckForwardInputs(ctx, &params));
     const int64_t channels = params.geometry.z_channels();
-    const char* names[] = {"gamma", "beta", "moving_mean", "moving_variance"};
-    for (int i = 0; i < 4; ++i) {
-      OP_REQUIRES_OK(ctx, CheckVector(ctx->input(2 + i), names[i], channels));
-    }
     PyaeConvShape shape;
     OP_REQUIRES_OK(ctx, CudaShape(x, kernel, params, &shape));
     const PyaeFusedParams cuda_params = CudaParams(params);
@@ -174,29 +170,16 @@ class FusedConvBnLeakyReluGradGpuOp : public FusedGpuOpBase {
     const Tensor& kernel = ctx->input(2);
     const Tensor& y = ctx->input(5);
     FusedParams params;
-    OP_REQUIRES_OK(ctx, MakeParams(x, kernel, &params));
-    const int64_t channels = params.geometry.z_channels();
-    const char* names[] = {"gamma", "beta", "mean", "variance"};
-    const int indices[] = {3, 4, 6, 7};
-    for (int i = 0; i < 4; ++i) {
-      OP_REQUIRES_OK(ctx, CheckVector(ctx->input(indices[i]), names[i], channels));
-    }
-    const TensorShape z_shape = ZShape(params.geometry);
-    OP_REQUIRES(ctx, dy.shape() == z_shape && y.shape() == z_shape,
-                absl::InvalidArgumentError("dy " + ShapeString(dy) + " and y " + ShapeString(y) +
-                                           " must have the output's shape " +
-                                           z_shape.DebugString()));
+    OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, &params));
     PyaeConvShape shape;
     OP_REQUIRES_OK(ctx, CudaShape(x, kernel, params, &shape));
     const PyaeFusedParams cuda_params = CudaParams(params);
     cudaStream_t stream;
     OP_REQUIRES_OK(ctx, GetStream(ctx, &stream));
 
-    Tensor *dx, *dkernel, *dgamma, *dbeta;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, kernel.shape(), &dkernel));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({channels}), &dgamma));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({channels}), &dbeta));
+    Tensor* grads[4];
+    OP_REQUIRES_OK(ctx, AllocateGradOutputs(ctx, params.geometry.z_channels(), grads));
+    Tensor *dx = grads[0], *dkernel = grads[1], *dgamma = grads[2], *dbeta = grads[3];
     Tensor workspace;
     void* workspace_data;
     const size_t workspace_bytes = pyae_cuda_backward_workspace_bytes(&shape);

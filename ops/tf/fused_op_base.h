@@ -78,6 +78,42 @@ class FusedOpBase : public OpKernel {
                                       "] to match the kernel's filters, got " + ShapeString(t));
   }
 
+  // Checks every input of the forward op against x and the kernel; fills params.
+  absl::Status CheckForwardInputs(OpKernelContext* ctx, FusedParams* params) const {
+    TF_RETURN_IF_ERROR(MakeParams(ctx->input(0), ctx->input(1), params));
+    const char* names[] = {"gamma", "beta", "moving_mean", "moving_variance"};
+    for (int i = 0; i < 4; ++i) {
+      TF_RETURN_IF_ERROR(CheckVector(ctx->input(2 + i), names[i], params->geometry.z_channels()));
+    }
+    return absl::OkStatus();
+  }
+
+  // Checks every input of the gradient op (dy, x, kernel, gamma, beta, y, mean, variance).
+  absl::Status CheckGradInputs(OpKernelContext* ctx, FusedParams* params) const {
+    TF_RETURN_IF_ERROR(MakeParams(ctx->input(1), ctx->input(2), params));
+    const char* names[] = {"gamma", "beta", "mean", "variance"};
+    const int indices[] = {3, 4, 6, 7};
+    for (int i = 0; i < 4; ++i) {
+      TF_RETURN_IF_ERROR(
+          CheckVector(ctx->input(indices[i]), names[i], params->geometry.z_channels()));
+    }
+    const Tensor& dy = ctx->input(0);
+    const Tensor& y = ctx->input(5);
+    const TensorShape z_shape = ZShape(params->geometry);
+    if (dy.shape() == z_shape && y.shape() == z_shape) return absl::OkStatus();
+    return absl::InvalidArgumentError("dy " + ShapeString(dy) + " and y " + ShapeString(y) +
+                                      " must have the output's shape " + z_shape.DebugString());
+  }
+
+  // dx, dkernel, dgamma, dbeta, shaped like x, the kernel and gamma.
+  static absl::Status AllocateGradOutputs(OpKernelContext* ctx, int64_t channels,
+                                          Tensor* outputs[4]) {
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, ctx->input(1).shape(), &outputs[0]));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(1, ctx->input(2).shape(), &outputs[1]));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(2, TensorShape({channels}), &outputs[2]));
+    return ctx->allocate_output(3, TensorShape({channels}), &outputs[3]);
+  }
+
   static TensorShape ZShape(const ConvGeometry& g) {
     return g.transpose ? TensorShape({g.batch, g.big_h, g.big_w, g.big_c})
                        : TensorShape({g.batch, g.small_h, g.small_w, g.small_c});
