@@ -21,8 +21,13 @@ struct ImageBlocks {
   int64_t end(int64_t block) const { return (block + 1) * batch / count; }
 };
 
+// A few blocks per thread, so a thread that another op holds up does not leave the rest of
+// the op waiting on its one large block.
+constexpr int64_t kBlocksPerThread = 4;
+
 ImageBlocks MakeBlocks(const ConvGeometry& g, const Runtime& runtime) {
-  const int64_t count = std::max<int64_t>(1, std::min<int64_t>(g.batch, runtime.num_threads));
+  const int64_t count = std::max<int64_t>(
+      1, std::min<int64_t>(g.batch, kBlocksPerThread * runtime.num_threads));
   return {count, g.batch};
 }
 
