@@ -3,7 +3,6 @@ import keras
 import numpy as np
 import pytest
 
-import pyae.ops
 
 SEED = 20240611
 
@@ -17,21 +16,6 @@ def seeded():
 @pytest.fixture
 def rng():
     return np.random.default_rng(SEED)
-
-
-@pytest.fixture(params=["tf", "native"])
-def impl(request):
-    """Both implementations; the native one is skipped only where the library isn't loaded."""
-    if request.param == "native" and not pyae.ops.native_available():
-        pytest.skip(f"native op library not available: {native_unavailable_reason()}")
-    return request.param
-
-
-def native_unavailable_reason():
-    try:
-        return pyae.ops.build_info()["tf_ops"]["reason"]
-    except ValueError as err:  # e.g. an unreadable build record: still only a skip reason
-        return f"build_info() failed: {err}"
 
 
 @pytest.fixture

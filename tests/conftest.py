@@ -37,9 +37,18 @@ def native_available():
     return pyae.ops.native_available()
 
 
+def native_unavailable_reason():
+    import pyae.ops  # pylint: disable=import-outside-toplevel
+
+    try:
+        return pyae.ops.build_info()["tf_ops"]["reason"]
+    except ValueError as err:  # e.g. an unreadable build record: still only a skip reason
+        return f"build_info() failed: {err}"
+
+
 @pytest.fixture(params=["native", "tf"])
 def impl(request):
     """Runs a test on the native op and on the pure-TF fallback."""
     if request.param == "native" and not native_available():
-        pytest.skip("the native op library is not built in this environment")
+        pytest.skip(f"native op library not available: {native_unavailable_reason()}")
     return request.param

@@ -9,7 +9,7 @@ from pyae.layers import (
 )
 
 from _layer_fixtures import (  # noqa: F401  (fixtures are used by name)
-    assert_close, impl, random_normal, randomize_batch_norm, rng, seeded,
+    assert_close, random_normal, randomize_batch_norm, rng, seeded,
 )
 
 FUSED_CLASSES = (FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU)

@@ -10,7 +10,7 @@ import pyae.ops
 from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
 
 from _layer_fixtures import (  # noqa: F401  (fixtures are used by name)
-    assert_close, dtype_policy, impl, random_normal, randomize_batch_norm, rng, seeded,
+    assert_close, dtype_policy, random_normal, randomize_batch_norm, rng, seeded,
 )
 
 

@@ -181,6 +181,21 @@ const float* channel_vector(const py::object& obj, const char* name, long long c
   return array.data;
 }
 
+// x and w of either entry point, checked, with the conv shape they make.
+struct ConvInputs {
+  DeviceArray x, w;
+  PyaeConvShape shape;
+};
+
+ConvInputs read_conv_inputs(const py::object& x, const py::object& w, const py::object& strides,
+                            const std::string& padding, bool transpose) {
+  ConvInputs conv{read_cuda_array(x, "x"), read_cuda_array(w, "w"), {}};
+  expect_rank4(conv.x, "x");
+  expect_rank4(conv.w, "w");
+  conv.shape = make_shape(conv.x.shape, conv.w.shape, strides, padding, transpose);
+  return conv;
+}
+
 void conv_bn_lrelu_forward_cuda(const py::object& x, const py::object& w,
                                 const py::object& gamma, const py::object& beta,
                                 const py::object& mean, const py::object& var,
@@ -189,11 +204,10 @@ void conv_bn_lrelu_forward_cuda(const py::object& x, const py::object& w,
                                 const std::string& padding, float epsilon, float negative_slope,
                                 bool training, bool transpose, bool allow_tf32,
                                 std::uintptr_t stream_handle) {
-  const DeviceArray x_array = read_cuda_array(x, "x");
-  const DeviceArray w_array = read_cuda_array(w, "w");
-  expect_rank4(x_array, "x");
-  expect_rank4(w_array, "w");
-  const PyaeConvShape shape = make_shape(x_array.shape, w_array.shape, strides, padding, transpose);
+  const ConvInputs conv = read_conv_inputs(x, w, strides, padding, transpose);
+  const DeviceArray& x_array = conv.x;
+  const DeviceArray& w_array = conv.w;
+  const PyaeConvShape& shape = conv.shape;
   const long long channels = shape.out_c;
   const DeviceArray y_array = read_output(y_out, "y_out");
   expect_shape(y_array, output_shape_of(shape), "y_out");
@@ -228,11 +242,10 @@ void conv_bn_lrelu_backward_cuda(const py::object& dy, const py::object& x, cons
                                  const std::string& padding, float epsilon,
                                  float negative_slope, bool training, bool transpose,
                                  bool allow_tf32, std::uintptr_t stream_handle) {
-  const DeviceArray x_array = read_cuda_array(x, "x");
-  const DeviceArray w_array = read_cuda_array(w, "w");
-  expect_rank4(x_array, "x");
-  expect_rank4(w_array, "w");
-  const PyaeConvShape shape = make_shape(x_array.shape, w_array.shape, strides, padding, transpose);
+  const ConvInputs conv = read_conv_inputs(x, w, strides, padding, transpose);
+  const DeviceArray& x_array = conv.x;
+  const DeviceArray& w_array = conv.w;
+  const PyaeConvShape& shape = conv.shape;
   const long long channels = shape.out_c;
   const DeviceArray dy_array = read_cuda_array(dy, "dy");
   const DeviceArray y_array = read_cuda_array(y, "y");

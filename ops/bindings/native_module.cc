@@ -74,8 +74,8 @@ FloatArray Poisoned(const std::vector<int64_t>& shape) {
 }
 
 std::vector<int64_t> ZShape(const pyae::ConvGeometry& g) {
-  return g.transpose ? std::vector<int64_t>{g.batch, g.big_h, g.big_w, g.big_c}
-                     : std::vector<int64_t>{g.batch, g.small_h, g.small_w, g.small_c};
+  const auto shape = g.z_shape();
+  return {shape.begin(), shape.end()};
 }
 
 py::tuple Forward(const FloatArray& x, const FloatArray& kernel, const FloatArray& gamma,

@@ -8,6 +8,7 @@
 // of im2col / col2im routines.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 
@@ -33,6 +34,11 @@ struct ConvGeometry {
   int64_t z_channels() const { return transpose ? big_c : small_c; }
   int64_t x_pixels() const { return transpose ? small_pixels() : big_pixels(); }
   int64_t z_pixels() const { return transpose ? big_pixels() : small_pixels(); }
+  // NHWC shape of z (and y): the big image when transposed, else the small one.
+  std::array<int64_t, 4> z_shape() const {
+    return transpose ? std::array<int64_t, 4>{batch, big_h, big_w, big_c}
+                     : std::array<int64_t, 4>{batch, small_h, small_w, small_c};
+  }
 };
 
 // Length of the small image along one axis for a conv from `big` (TensorFlow rules).

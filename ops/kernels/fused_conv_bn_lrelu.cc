@@ -80,6 +80,11 @@ std::vector<float> AdjointKernel(const ConvGeometry& g, const float* kernel) {
   return adjoint;
 }
 
+// The flipped kernel a unit-stride transposed conv runs its forward with (empty otherwise).
+std::vector<float> TransposedForwardAdjoint(const ConvGeometry& g, const float* kernel) {
+  return g.transpose && UnitStride(g) ? AdjointKernel(g, kernel) : std::vector<float>();
+}
+
 // out rows [first image, end image) of `conv` = im2col(in) x matrix; on_rows sees each tile.
 template <typename OnRows>
 void ConvRows(const ConvGeometry& conv, const float* in, const float* matrix, int64_t first,
@@ -416,8 +421,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
   if (!err.empty()) return err;
   const int64_t channels = g.z_channels();
   const ImageBlocks blocks = MakeBlocks(g, runtime);
-  const std::vector<float> adjoint =
-      g.transpose && UnitStride(g) ? AdjointKernel(g, kernel) : std::vector<float>();
+  const std::vector<float> adjoint = TransposedForwardAdjoint(g, kernel);
   const float* adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
   std::vector<float> scale(channels), shift(channels);
   auto set_affine = [&](const float* mean, const float* variance) {
@@ -503,8 +507,7 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
   }
   // Inverting y would not be exact: recompute z from x (scratch for this call only).
   Scratch z(g.batch * g.z_pixels() * channels);
-  const std::vector<float> adjoint =
-      g.transpose && UnitStride(g) ? AdjointKernel(g, kernel) : std::vector<float>();
+  const std::vector<float> adjoint = TransposedForwardAdjoint(g, kernel);
   const float* adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
   const ImageBlocks blocks = MakeBlocks(g, runtime);
   runtime.run_tasks(blocks.count, [&](int64_t b) {

@@ -115,8 +115,8 @@ class FusedOpBase : public OpKernel {
   }
 
   static TensorShape ZShape(const ConvGeometry& g) {
-    return g.transpose ? TensorShape({g.batch, g.big_h, g.big_w, g.big_c})
-                       : TensorShape({g.batch, g.small_h, g.small_w, g.small_c});
+    const auto shape = g.z_shape();
+    return TensorShape({shape[0], shape[1], shape[2], shape[3]});
   }
 
   FusedParams params_;

@@ -1,4 +1,5 @@
 // Registration of the fused op and its gradient: signatures and shape functions only.
+#include "conv_geometry.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
@@ -10,10 +11,9 @@ using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
 int64_t OutputLength(int64_t length, int64_t kernel, int64_t stride, bool same, bool transpose) {
-  if (transpose) return same ? length * stride : length * stride + std::max<int64_t>(kernel - stride, 0);
-  if (same) return (length + stride - 1) / stride;
-  const int64_t span = length - kernel + 1;
-  return span <= 0 ? 0 : (span + stride - 1) / stride;
+  const Padding padding = same ? Padding::kSame : Padding::kValid;
+  return transpose ? ConvTransposeOutputLength(length, kernel, stride, padding)
+                   : ConvOutputLength(length, kernel, stride, padding);
 }
 
 absl::Status ForwardShape(InferenceContext* c) {

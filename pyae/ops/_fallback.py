@@ -15,8 +15,8 @@ def conv(x, kernel, strides, padding, transpose):
         return tf.nn.conv2d(x, kernel, strides=(1,) + strides + (1,), padding=tf_padding)
     kh, kw, out_channels = kernel.shape[0], kernel.shape[1], kernel.shape[2]
     in_shape = tf.shape(x)
-    out_h = _transpose_length(in_shape[1], kh, strides[0], padding)
-    out_w = _transpose_length(in_shape[2], kw, strides[1], padding)
+    out_h = geometry.conv_transpose_output_length(in_shape[1], kh, strides[0], padding)
+    out_w = geometry.conv_transpose_output_length(in_shape[2], kw, strides[1], padding)
     output_shape = tf.stack([in_shape[0], out_h, out_w, out_channels])
     z = tf.nn.conv2d_transpose(
         x, kernel, output_shape, strides=(1,) + strides + (1,), padding=tf_padding
@@ -24,12 +24,6 @@ def conv(x, kernel, strides, padding, transpose):
     static_h = geometry.conv_transpose_output_length(x.shape[1], kh, strides[0], padding)
     static_w = geometry.conv_transpose_output_length(x.shape[2], kw, strides[1], padding)
     return tf.ensure_shape(z, (x.shape[0], static_h, static_w, out_channels))
-
-
-def _transpose_length(length, kernel, stride, padding):
-    if padding == "same":
-        return length * stride
-    return length * stride + max(kernel - stride, 0)
 
 
 def fused_conv_bn_leaky_relu(
