@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <vector>
 
+#include "direct_conv.h"
 #include "gemm.h"
 #include "im2col.h"
 #include "scratch.h"
@@ -80,15 +82,52 @@ std::vector<float> AdjointKernel(const ConvGeometry& g, const float* kernel) {
   return adjoint;
 }
 
-// The flipped kernel a unit-stride transposed conv runs its forward with (empty otherwise).
-std::vector<float> TransposedForwardAdjoint(const ConvGeometry& g, const float* kernel) {
-  return g.transpose && UnitStride(g) ? AdjointKernel(g, kernel) : std::vector<float>();
+// A conv's filter matrix [patch_size, small_c], and the same packed for the direct kernels
+// when this build has them (packed once per call, shared by every task).
+struct ConvFilter {
+  const float* matrix = nullptr;
+  std::unique_ptr<PackedFilter> packed;
+};
+
+ConvFilter MakeConvFilter(const ConvGeometry& conv, const float* matrix) {
+  ConvFilter filter;
+  filter.matrix = matrix;
+  if (matrix != nullptr && DirectConvAvailable()) {
+    filter.packed = std::make_unique<PackedFilter>(matrix, conv.patch_size(), conv.small_c);
+  }
+  return filter;
+}
+
+// How z is computed: g's own conv, or for a unit-stride transposed conv the adjoint conv with
+// the flipped kernel (one write per z row instead of a scatter-add).
+struct ZConv {
+  ConvGeometry conv;
+  std::vector<float> adjoint_kernel;
+  ConvFilter filter;
+};
+
+std::unique_ptr<ZConv> MakeZConv(const ConvGeometry& g, const float* kernel) {
+  auto z_conv = std::make_unique<ZConv>();
+  if (g.transpose && UnitStride(g)) {
+    z_conv->conv = AdjointGeometry(g);
+    z_conv->adjoint_kernel = AdjointKernel(g, kernel);
+    z_conv->filter = MakeConvFilter(z_conv->conv, z_conv->adjoint_kernel.data());
+  } else {
+    z_conv->conv = g;
+    z_conv->filter = MakeConvFilter(g, kernel);
+  }
+  return z_conv;
 }
 
 // out rows [first image, end image) of `conv` = im2col(in) x matrix; on_rows sees each tile.
 template <typename OnRows>
-void ConvRows(const ConvGeometry& conv, const float* in, const float* matrix, int64_t first,
-              int64_t end, Scratch* cols, float* out, OnRows on_rows) {
+void ConvRows(const ConvGeometry& conv, const float* in, const ConvFilter& filter,
+              int64_t first, int64_t end, Scratch* cols, float* out, OnRows on_rows) {
+  if (filter.packed) {
+    DirectConv(conv, in, *filter.packed, first, end, out, on_rows);
+    return;
+  }
+  const float* matrix = filter.matrix;
   const int64_t patch = conv.patch_size();
   cols->Reserve(TileRows(conv) * patch);
   ForEachTile(conv, first, end, [&](int64_t s, int64_t rows) {
@@ -102,19 +141,11 @@ void ConvRows(const ConvGeometry& conv, const float* in, const float* matrix, in
 
 // Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
 // sees each finished run of z rows while it is still in cache.
-// Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
-// sees each finished run of z rows while it is still in cache. `adjoint_kernel` is the
-// flipped kernel of a unit-stride transposed conv (see AdjointKernel), else null.
 template <typename OnRows>
-void ComputeZ(const ConvGeometry& g, const float* x, const float* kernel,
-              const float* adjoint_kernel, int64_t first, int64_t end, Scratch* cols,
-              float* z, OnRows on_rows) {
-  if (!g.transpose) {
-    ConvRows(g, x, kernel, first, end, cols, z, on_rows);
-    return;
-  }
-  if (adjoint_kernel != nullptr) {
-    ConvRows(AdjointGeometry(g), x, adjoint_kernel, first, end, cols, z, on_rows);
+void ComputeZ(const ConvGeometry& g, const ZConv& z_conv, const float* x, const float* kernel,
+              int64_t first, int64_t end, Scratch* cols, float* z, OnRows on_rows) {
+  if (!g.transpose || UnitStride(g)) {
+    ConvRows(z_conv.conv, x, z_conv.filter, first, end, cols, z, on_rows);
     return;
   }
   const int64_t patch = g.patch_size();
@@ -160,16 +191,21 @@ void AccumulateMoments(const float* __restrict z, int64_t rows, int64_t channels
 // y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
 float ApplyEpilogue(float* __restrict z, int64_t rows, int64_t channels,
                     const float* __restrict scale, const float* __restrict shift, float slope) {
-  float probe = 0.0f;
+  // One probe per channel: a single running float sum would be a serial dependency that
+  // keeps the loop from vectorising.
+  std::vector<float> probes(channels, 0.0f);
+  float* __restrict probe = probes.data();
   for (int64_t r = 0; r < rows; ++r) {
     float* __restrict row = z + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const float u = row[c] * scale[c] + shift[c];
-      probe += u - u;  // 0 for finite u, NaN otherwise
+      probe[c] += u - u;  // 0 for finite u, NaN otherwise
       row[c] = u > 0.0f ? u : u * slope;
     }
   }
-  return probe;
+  float total = 0.0f;
+  for (int64_t c = 0; c < channels; ++c) total += probe[c];
+  return total;
 }
 
 // Sums a [count, length] array of per-task partials into out[length].
@@ -293,67 +329,79 @@ void ComputeDz(const Preactivation<kInvert>& pre, int64_t first_row, int64_t row
   }
 }
 
-// dx and this task's share of dkernel for images [first, end).
-// Unit-stride Conv2D: dz for the task's images, then dkernel over z tiles and dx as the
-// adjoint conv over x tiles (no scatter).
-template <bool kInvert>
-void UnitStrideConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
-                                 const float* x, const float* adjoint_kernel, int64_t first,
-                                 int64_t end, float* dx, float* dkernel_partial) {
-  const int64_t patch = g.patch_size();
-  const int64_t z_rows = (end - first) * g.small_pixels();
-  Scratch dz_block(z_rows * g.small_c);
-  ComputeDz(pre, first * g.small_pixels(), z_rows, g.small_c, dz_block.data());
-  const float* dz_images = dz_block.data() - first * g.small_pixels() * g.small_c;
-  Scratch cols(TileRows(g) * patch);
-  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
-    Im2Col(g, x, s, rows, cols.data());
-    Gemm(true, false, patch, g.small_c, rows, 1.0f, cols.data(), patch,
-         dz_images + s * g.small_c, g.small_c, 1.0f, dkernel_partial, g.small_c);
-  });
-  ConvRows(AdjointGeometry(g), dz_images, adjoint_kernel, first, end, &cols, dx,
-           [](float*, int64_t) {});
+// The filter in the layouts the backward's dx needs, built once per call.
+struct DxFilters {
+  ConvFilter kernel;                  // transposed: dx = conv(dz, kernel)
+  std::vector<float> adjoint_kernel;  // unit-stride Conv2D: dx = adjoint conv of dz
+  ConvFilter adjoint;
+};
+
+std::unique_ptr<DxFilters> MakeDxFilters(const ConvGeometry& g, const float* kernel) {
+  auto filters = std::make_unique<DxFilters>();
+  // With few input channels the adjoint conv is a thin GEMV; the scatter is cheaper there.
+  constexpr int64_t kMinAdjointChannels = 16;
+  if (g.transpose) {
+    filters->kernel = MakeConvFilter(g, kernel);
+  } else if (UnitStride(g) && g.big_c >= kMinAdjointChannels) {
+    filters->adjoint_kernel = AdjointKernel(g, kernel);
+    filters->adjoint = MakeConvFilter(AdjointGeometry(g), filters->adjoint_kernel.data());
+  }
+  return filters;
 }
 
+// dfilter += patches(big)^T x small over images [first, end).
+void AccumulateFilterGrad(const ConvGeometry& g, const float* big, const float* small,
+                          int64_t first, int64_t end, float* dfilter) {
+  if (DirectConvAvailable()) {
+    DirectFilterGrad(g, big, small, first, end, dfilter);
+    return;
+  }
+  const int64_t patch = g.patch_size();
+  Scratch cols(TileRows(g) * patch);
+  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
+    Im2Col(g, big, s, rows, cols.data());
+    Gemm(true, false, patch, g.small_c, rows, 1.0f, cols.data(), patch, small + s * g.small_c,
+         g.small_c, 1.0f, dfilter, g.small_c);
+  });
+}
+
+// Conv2D's dx for images [first, end) as dz x kernel^T scattered back onto the big image.
+void ScatterDx(const ConvGeometry& g, const float* dz, const float* kernel, int64_t first,
+               int64_t end, float* dx) {
+  const int64_t patch = g.patch_size();
+  Scratch cols(TileRows(g) * patch);
+  std::memset(dx + first * g.big_pixels() * g.big_c, 0,
+              sizeof(float) * (end - first) * g.big_pixels() * g.big_c);
+  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
+    Gemm(false, true, rows, patch, g.small_c, 1.0f, dz + s * g.small_c, g.small_c, kernel,
+         g.small_c, 0.0f, cols.data(), patch);
+    Col2ImAdd(g, cols.data(), s, rows, dx);
+  });
+}
+
+// dx and this task's share of dkernel for images [first, end): dz for the task's images
+// first (scratch freed on return, never kept for the backward), then both convs from it.
 template <bool kInvert>
 void ConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
-                       const float* x, const float* kernel, const float* adjoint_kernel,
+                       const float* x, const float* kernel, const DxFilters& dx_filters,
                        int64_t first, int64_t end, float* dx, float* dkernel_partial) {
-  const int64_t patch = g.patch_size();
-  const int64_t tile_rows = TileRows(g);
-  if (!g.transpose && adjoint_kernel != nullptr) {
-    UnitStrideConvBackwardBlock(g, pre, x, adjoint_kernel, first, end, dx, dkernel_partial);
-    return;
+  const int64_t channels = g.z_channels();
+  const int64_t z_rows = (end - first) * g.z_pixels();
+  Scratch dz_block(z_rows * channels);
+  ComputeDz(pre, first * g.z_pixels(), z_rows, channels, dz_block.data());
+  const float* dz = dz_block.data() - first * g.z_pixels() * channels;
+  // Transposed, z is the big image of the conv; else x is.
+  AccumulateFilterGrad(g, g.transpose ? dz : x, g.transpose ? x : dz, first, end,
+                       dkernel_partial);
+  Scratch cols;
+  const auto no_epilogue = [](float*, int64_t) {};
+  if (g.transpose) {
+    ConvRows(g, dz, dx_filters.kernel, first, end, &cols, dx, no_epilogue);
+  } else if (dx_filters.adjoint.matrix != nullptr) {
+    ConvRows(AdjointGeometry(g), dz, dx_filters.adjoint, first, end, &cols, dx, no_epilogue);
+  } else {
+    ScatterDx(g, dz, kernel, first, end, dx);
   }
-  Scratch cols(tile_rows * patch);
-  if (!g.transpose) {
-    Scratch dz(tile_rows * g.small_c);
-    std::memset(dx + first * g.big_pixels() * g.big_c, 0,
-                sizeof(float) * (end - first) * g.big_pixels() * g.big_c);
-    ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
-      ComputeDz(pre, s, rows, g.small_c, dz.data());
-      Gemm(false, true, rows, patch, g.small_c, 1.0f, dz.data(), g.small_c, kernel, g.small_c,
-           0.0f, cols.data(), patch);
-      Col2ImAdd(g, cols.data(), s, rows, dx);
-      Im2Col(g, x, s, rows, cols.data());
-      Gemm(true, false, patch, g.small_c, rows, 1.0f, cols.data(), patch, dz.data(), g.small_c,
-           1.0f, dkernel_partial, g.small_c);
-    });
-    return;
-  }
-  // Transposed: z is the big image, so its gradient is needed around each x pixel; build dz
-  // for this task's images first (scratch freed on return, never kept for the backward).
-  const int64_t z_rows = (end - first) * g.big_pixels();
-  Scratch dz_block(z_rows * g.big_c);
-  ComputeDz(pre, first * g.big_pixels(), z_rows, g.big_c, dz_block.data());
-  const float* dz_images = dz_block.data() - first * g.big_pixels() * g.big_c;
-  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
-    Im2Col(g, dz_images, s, rows, cols.data());
-    Gemm(false, false, rows, g.small_c, patch, 1.0f, cols.data(), patch, kernel, g.small_c,
-         0.0f, dx + s * g.small_c, g.small_c);
-    Gemm(true, false, patch, g.small_c, rows, 1.0f, cols.data(), patch, x + s * g.small_c,
-         g.small_c, 1.0f, dkernel_partial, g.small_c);
-  });
 }
 
 template <bool kInvert>
@@ -386,14 +434,10 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
         p.training ? static_cast<float>(-terms->dz_du[c] * totals[channels + c] / count) : 0.f;
   }
   const int64_t kernel_size = g.patch_size() * g.small_c;
-  // With few input channels the adjoint GEMM is a thin GEMV; the scatter is cheaper there.
-  constexpr int64_t kMinAdjointChannels = 16;
-  const bool adjoint_dx = !g.transpose && UnitStride(g) && g.big_c >= kMinAdjointChannels;
-  const std::vector<float> adjoint = adjoint_dx ? AdjointKernel(g, kernel) : std::vector<float>();
-  const float* dx_adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
+  const std::unique_ptr<DxFilters> dx_filters = MakeDxFilters(g, kernel);
   std::vector<float> kernel_partials(blocks.count * kernel_size, 0.0f);
   runtime.run_tasks(blocks.count, [&](int64_t b) {
-    ConvBackwardBlock(g, pre, x, kernel, dx_adjoint_kernel, blocks.begin(b), blocks.end(b), dx,
+    ConvBackwardBlock(g, pre, x, kernel, *dx_filters, blocks.begin(b), blocks.end(b), dx,
                       kernel_partials.data() + b * kernel_size);
   });
   SumPartials(kernel_partials, blocks.count, kernel_size, dkernel);
@@ -421,8 +465,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
   if (!err.empty()) return err;
   const int64_t channels = g.z_channels();
   const ImageBlocks blocks = MakeBlocks(g, runtime);
-  const std::vector<float> adjoint = TransposedForwardAdjoint(g, kernel);
-  const float* adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
+  const std::unique_ptr<ZConv> z_conv = MakeZConv(g, kernel);
   std::vector<float> scale(channels), shift(channels);
   auto set_affine = [&](const float* mean, const float* variance) {
     for (int64_t c = 0; c < channels; ++c) {
@@ -438,7 +481,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
     set_affine(moving_mean, moving_variance);
     runtime.run_tasks(blocks.count, [&](int64_t b) {
       Scratch cols;
-      ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, y,
+      ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
                [&](float* rows, int64_t count) {
                  probes[b] += ApplyEpilogue(rows, count, channels, scale.data(), shift.data(),
                                             p.negative_slope);
@@ -455,7 +498,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
   runtime.run_tasks(blocks.count, [&](int64_t b) {
     Scratch cols;
     double* sum = moments.data() + b * channels * 2;
-    ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, y,
+    ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
              [&](float* rows, int64_t count) {
                AccumulateMoments(rows, count, channels, sum, sum + channels);
              });
@@ -507,12 +550,11 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
   }
   // Inverting y would not be exact: recompute z from x (scratch for this call only).
   Scratch z(g.batch * g.z_pixels() * channels);
-  const std::vector<float> adjoint = TransposedForwardAdjoint(g, kernel);
-  const float* adjoint_kernel = adjoint.empty() ? nullptr : adjoint.data();
+  const std::unique_ptr<ZConv> z_conv = MakeZConv(g, kernel);
   const ImageBlocks blocks = MakeBlocks(g, runtime);
   runtime.run_tasks(blocks.count, [&](int64_t b) {
     Scratch cols;
-    ComputeZ(g, x, kernel, adjoint_kernel, blocks.begin(b), blocks.end(b), &cols, z.data(),
+    ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, z.data(),
              [](float*, int64_t) {});
   });
   Preactivation<false> pre{y, dy, z.data(), beta, mean, &terms, p.negative_slope, inv_slope};

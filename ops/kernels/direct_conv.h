@@ -1,0 +1,56 @@
+// Implicit-GEMM convolution on AVX-512 (the "direct" kernels).
+//
+// The im2col route copies every patch into a matrix that the BLAS then copies again into its
+// own panel layout; here a tile of output pixels broadcasts its input values straight from a
+// zero-padded copy of the images, so each input value is read from cache, never copied twice.
+// Geometry as in conv_geometry.h: one conv from the big image to the small one, with the
+// filter viewed as a [patch_size, small_c] matrix.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "conv_geometry.h"
+
+namespace pyae {
+
+// True when this build has the direct kernels (compiled for AVX-512); callers fall back to
+// im2col + GEMM otherwise.
+bool DirectConvAvailable();
+
+// A [rows, cols] row-major matrix re-laid out for the direct kernels: column blocks of at most
+// 64, each zero-padded to a multiple of 16 and stored [rows][block width].
+class PackedFilter {
+ public:
+  PackedFilter(const float* matrix, int64_t rows, int64_t cols);
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t num_blocks() const { return (cols_ + kBlockCols - 1) / kBlockCols; }
+  // First column of block b, its real width and its padded width (a multiple of 16).
+  int64_t block_col(int64_t b) const { return b * kBlockCols; }
+  int64_t block_width(int64_t b) const;
+  int64_t block_stride(int64_t b) const { return (block_width(b) + 15) / 16 * 16; }
+  const float* block(int64_t b) const { return packed_.data() + block_offset_[b]; }
+
+  static constexpr int64_t kBlockCols = 64;
+
+ private:
+  int64_t rows_, cols_;
+  std::vector<int64_t> block_offset_;
+  std::vector<float> packed_;
+};
+
+// Sees each finished run of output rows while it is still in cache.
+using RowsCallback = std::function<void(float* rows, int64_t count)>;
+
+// small = conv(big) for images [first, end): `small` is the whole batch's [.., small_c] rows.
+void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& filter,
+                int64_t first, int64_t end, float* small, const RowsCallback& on_rows);
+
+// dfilter[patch_size, small_c] += patches(big)^T x small, over images [first, end).
+void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,
+                      int64_t first, int64_t end, float* dfilter);
+
+}  // namespace pyae
