@@ -41,129 +41,90 @@ namespace {
 
 // Small-image pixels per pass: their rows and the patches they read stay in L2.
 constexpr int64_t kPassPixels = 512;
+// The filter gradient's pass: its small rows (up to 64 channels) stay in L1 while every
+// filter tile reads them.
+constexpr int64_t kGradPassPixels = 128;
 
 __mmask16 TailMask(int64_t width) {
   const int64_t tail = width % 16;
   return tail == 0 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << tail) - 1);
 }
 
-// A run of whole images copied into a zero-bordered buffer, so that every kernel tap of every
-// small pixel reads memory without a bounds check. Rows/columns the conv never reads are left
-// out (TensorFlow's SAME pads the odd pixel at the end).
+// A run of whole NHWC images copied into a zero-bordered buffer, so that every tap of every
+// tile reads memory without a bounds check.
+struct PaddedShape {
+  int64_t height, width, channels;  // the image's
+  int64_t pad_top, pad_left;        // zeros before it
+  int64_t padded_height, padded_width;
+};
+
 class PaddedImages {
  public:
-  PaddedImages(const ConvGeometry& g, int64_t max_images) : g_(g) {
-    height_ = std::max(g.big_h + g.pad_top, (g.small_h - 1) * g.stride_h + g.kernel_h);
-    width_ = std::max(g.big_w + g.pad_left, (g.small_w - 1) * g.stride_w + g.kernel_w);
+  PaddedImages(const PaddedShape& shape, int64_t max_images) : shape_(shape) {
     buffer_.Reserve(max_images * image_floats());
   }
 
-  int64_t image_floats() const { return height_ * width_ * g_.big_c; }
-  int64_t row_floats() const { return width_ * g_.big_c; }
+  int64_t image_floats() const { return shape_.padded_height * row_floats(); }
+  int64_t row_floats() const { return shape_.padded_width * shape_.channels; }
   const float* data() const { return buffer_.data(); }
 
-  void Fill(const float* big, int64_t first_image, int64_t images) {
-    const int64_t c = g_.big_c;
-    const size_t row_bytes = sizeof(float) * g_.big_w * c;
-    for (int64_t i = 0; i < images; ++i) {
-      const float* image = big + (first_image + i) * g_.big_pixels() * c;
+  void Fill(const float* images, int64_t first_image, int64_t count) {
+    const PaddedShape& s = shape_;
+    const int64_t c = s.channels;
+    for (int64_t i = 0; i < count; ++i) {
+      const float* image = images + (first_image + i) * s.height * s.width * c;
       float* padded = buffer_.data() + i * image_floats();
-      for (int64_t h = 0; h < height_; ++h) {
+      for (int64_t h = 0; h < s.padded_height; ++h) {
         float* row = padded + h * row_floats();
-        const int64_t ih = h - g_.pad_top;
-        if (ih < 0 || ih >= g_.big_h) {
+        const int64_t ih = h - s.pad_top;
+        if (ih < 0 || ih >= s.height) {
           std::memset(row, 0, sizeof(float) * row_floats());
           continue;
         }
-        std::memset(row, 0, sizeof(float) * g_.pad_left * c);
-        std::memcpy(row + g_.pad_left * c, image + ih * g_.big_w * c, row_bytes);
-        std::memset(row + (g_.pad_left + g_.big_w) * c, 0,
-                    sizeof(float) * (width_ - g_.pad_left - g_.big_w) * c);
+        std::memset(row, 0, sizeof(float) * s.pad_left * c);
+        std::memcpy(row + s.pad_left * c, image + ih * s.width * c, sizeof(float) * s.width * c);
+        std::memset(row + (s.pad_left + s.width) * c, 0,
+                    sizeof(float) * (s.padded_width - s.pad_left - s.width) * c);
       }
     }
-  }
-
-  // Offset of small pixel q's patch origin (tap 0, channel 0); q counts across the images.
-  void Origins(int64_t images, std::vector<int64_t>* origins) const {
-    origins->clear();
-    for (int64_t i = 0; i < images; ++i) {
-      for (int64_t oh = 0; oh < g_.small_h; ++oh) {
-        const int64_t row = i * image_floats() + oh * g_.stride_h * row_floats();
-        for (int64_t ow = 0; ow < g_.small_w; ++ow) {
-          origins->push_back(row + ow * g_.stride_w * g_.big_c);
-        }
-      }
-    }
-  }
-
-  // Offset of each kernel tap from a patch origin, in the filter matrix's (kh, kw) order.
-  std::vector<int64_t> TapOffsets() const {
-    std::vector<int64_t> taps;
-    for (int64_t kh = 0; kh < g_.kernel_h; ++kh) {
-      for (int64_t kw = 0; kw < g_.kernel_w; ++kw) {
-        taps.push_back(kh * row_floats() + kw * g_.big_c);
-      }
-    }
-    return taps;
   }
 
  private:
-  const ConvGeometry& g_;
-  int64_t height_, width_;
+  PaddedShape shape_;
   Scratch buffer_;
 };
+
+// The big image padded so that every tap of every small pixel lands inside (rows/columns the
+// conv never reads are left out: TensorFlow's SAME pads the odd pixel at the end).
+PaddedShape PaddedBig(const ConvGeometry& g) {
+  return {g.big_h,
+          g.big_w,
+          g.big_c,
+          g.pad_top,
+          g.pad_left,
+          std::max(g.big_h + g.pad_top, (g.small_h - 1) * g.stride_h + g.kernel_h),
+          std::max(g.big_w + g.pad_left, (g.small_w - 1) * g.stride_w + g.kernel_w)};
+}
+
+// Offset of small pixel q's patch origin (tap 0, channel 0) in the padded big images; q
+// counts across the images.
+void PatchOrigins(const ConvGeometry& g, const PaddedImages& padded, int64_t images,
+                  std::vector<int64_t>* origins) {
+  origins->clear();
+  for (int64_t i = 0; i < images; ++i) {
+    for (int64_t oh = 0; oh < g.small_h; ++oh) {
+      const int64_t row = i * padded.image_floats() + oh * g.stride_h * padded.row_floats();
+      for (int64_t ow = 0; ow < g.small_w; ++ow) {
+        origins->push_back(row + ow * g.stride_w * g.big_c);
+      }
+    }
+  }
+}
 
 // Images per chunk: enough small pixels that the last, partly filled tile costs little.
 int64_t ChunkImages(const ConvGeometry& g, int64_t remaining) {
   const int64_t wanted = (kPassPixels + g.small_pixels() - 1) / g.small_pixels();
   return std::min(remaining, std::max<int64_t>(1, wanted));
-}
-
-// out[r][0, 16 * kVectors) (+)= sum over `length` consecutive patch values x filter rows, for
-// kRows small pixels whose patch spans start at `origin` + `offset`. Rows at or past `valid`
-// are neither read nor stored.
-template <int kRows, int kVectors>
-void ConvTile(const float* padded, const int64_t* origin, int64_t offset, int64_t length,
-              const float* filter, bool accumulate, float* out, int64_t out_stride,
-              int64_t valid, __mmask16 last_mask) {
-  constexpr int64_t kStride = 16 * kVectors;
-  __m512 acc[kRows][kVectors];
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r) {
-    const float* row = out + r * out_stride;
-    const bool load = accumulate && r < valid;
-#pragma GCC unroll 4
-    for (int j = 0; j + 1 < kVectors; ++j) {
-      acc[r][j] = load ? _mm512_loadu_ps(row + 16 * j) : _mm512_setzero_ps();
-    }
-    acc[r][kVectors - 1] = load ? _mm512_maskz_loadu_ps(last_mask, row + 16 * (kVectors - 1))
-                                : _mm512_setzero_ps();
-  }
-  const float* a[kRows];
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r) a[r] = padded + origin[r] + offset;
-  const float* w = filter;
-  for (int64_t k = 0; k < length; ++k, w += kStride) {
-    __m512 wv[kVectors];
-#pragma GCC unroll 4
-    for (int j = 0; j < kVectors; ++j) wv[j] = _mm512_loadu_ps(w + 16 * j);
-#pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) {
-      const __m512 b = _mm512_set1_ps(a[r][k]);
-#pragma GCC unroll 4
-      for (int j = 0; j < kVectors; ++j) acc[r][j] = _mm512_fmadd_ps(b, wv[j], acc[r][j]);
-    }
-  }
-  // Fully unrolled, so the accumulators never need an address and stay in registers.
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r) {
-    if (r < valid) {
-      float* row = out + r * out_stride;
-#pragma GCC unroll 4
-      for (int j = 0; j + 1 < kVectors; ++j) _mm512_storeu_ps(row + 16 * j, acc[r][j]);
-      _mm512_mask_storeu_ps(row + 16 * (kVectors - 1), last_mask, acc[r][kVectors - 1]);
-    }
-  }
 }
 
 // One slice of the patch (a run of consecutive floats within one kernel row: kernel_w
@@ -174,6 +135,55 @@ struct PatchSlice {
   int64_t filter_row;     // first filter row
   int64_t length;
 };
+
+// out[at[r]][0, 16 * kVectors) (+)= sum over the slices of patch values x filter rows, for
+// kRows pixels whose patches start at `origin`. Rows at or past `valid` are neither read nor
+// stored.
+template <int kRows, int kVectors>
+void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slices,
+              int64_t num_slices, const float* filter, bool accumulate, float* out,
+              const int64_t* at, int64_t valid, __mmask16 last_mask) {
+  constexpr int64_t kStride = 16 * kVectors;
+  __m512 acc[kRows][kVectors];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+    const float* row = out + at[r];
+    const bool load = accumulate && r < valid;
+#pragma GCC unroll 4
+    for (int j = 0; j + 1 < kVectors; ++j) {
+      acc[r][j] = load ? _mm512_loadu_ps(row + 16 * j) : _mm512_setzero_ps();
+    }
+    acc[r][kVectors - 1] = load ? _mm512_maskz_loadu_ps(last_mask, row + 16 * (kVectors - 1))
+                                : _mm512_setzero_ps();
+  }
+  for (int64_t i = 0; i < num_slices; ++i) {
+    const float* a[kRows];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) a[r] = padded + origin[r] + slices[i].offset;
+    const float* w = filter + slices[i].filter_row * kStride;
+    for (int64_t k = 0; k < slices[i].length; ++k, w += kStride) {
+      __m512 wv[kVectors];
+#pragma GCC unroll 4
+      for (int j = 0; j < kVectors; ++j) wv[j] = _mm512_loadu_ps(w + 16 * j);
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 b = _mm512_set1_ps(a[r][k]);
+#pragma GCC unroll 4
+        for (int j = 0; j < kVectors; ++j) acc[r][j] = _mm512_fmadd_ps(b, wv[j], acc[r][j]);
+      }
+    }
+  }
+  // Fully unrolled, so the accumulators never need an address and stay in registers.
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+    if (r < valid) {
+      float* row = out + at[r];
+#pragma GCC unroll 4
+      for (int j = 0; j + 1 < kVectors; ++j) _mm512_storeu_ps(row + 16 * j, acc[r][j]);
+      _mm512_mask_storeu_ps(row + 16 * (kVectors - 1), last_mask, acc[r][kVectors - 1]);
+    }
+  }
+}
 
 std::vector<PatchSlice> PatchSlices(const ConvGeometry& g, int64_t padded_row_floats,
                                     int64_t filter_stride) {
@@ -196,18 +206,17 @@ template <int kRows, int kVectors>
 void ConvPixels(const float* padded, const std::vector<int64_t>& origins,
                 const std::vector<PatchSlice>& slices, const float* filter, int64_t begin,
                 int64_t end, float* out, int64_t out_stride, __mmask16 last_mask) {
-  int64_t tile_origin[kRows];
+  int64_t tile_origin[kRows], tile_at[kRows];
+  for (int r = 0; r < kRows; ++r) tile_at[r] = r * out_stride;
   for (size_t i = 0; i < slices.size(); ++i) {
-    const PatchSlice& slice = slices[i];
-    const float* slice_filter = filter + slice.filter_row * 16 * kVectors;
     for (int64_t q = begin; q < end; q += kRows) {
       const int64_t valid = std::min<int64_t>(kRows, end - q);
       // A short last tile repeats its last pixel rather than reading past the chunk.
       for (int r = 0; r < kRows; ++r) {
         tile_origin[r] = origins[q + std::min<int64_t>(r, valid - 1)];
       }
-      ConvTile<kRows, kVectors>(padded, tile_origin, slice.offset, slice.length, slice_filter,
-                                i > 0, out + q * out_stride, out_stride, valid, last_mask);
+      ConvTile<kRows, kVectors>(padded, tile_origin, &slices[i], 1, filter, i > 0,
+                                out + q * out_stride, tile_at, valid, last_mask);
     }
   }
 }
@@ -232,6 +241,84 @@ void ConvPixelsAnyWidth(int64_t vectors, const float* padded,
     default:
       return ConvPixels<6, 4>(padded, origins, slices, filter, begin, end, out, out_stride,
                               last_mask);
+  }
+}
+
+// Conv^T's output: each big pixel gathers from the small pixels whose patches cover it.
+// Along a big row, the pixels of one stride class (iw = first + m * stride_w) share their
+// kernel taps, and consecutive m read consecutive small pixels: one tile kernel call covers
+// kRows of them with every tap as a slice.
+PaddedShape PaddedSmall(const ConvGeometry& g) {
+  auto before = [](int64_t kernel, int64_t pad, int64_t stride) {
+    return std::max<int64_t>(0, (kernel - 1 - pad + stride - 1) / stride);
+  };
+  const int64_t top = before(g.kernel_h, g.pad_top, g.stride_h);
+  const int64_t left = before(g.kernel_w, g.pad_left, g.stride_w);
+  const int64_t rows = (g.big_h - 1 + g.pad_top) / g.stride_h + 1;
+  const int64_t cols = (g.big_w - 1 + g.pad_left) / g.stride_w + 1;
+  return {g.small_h, g.small_w, g.small_c, top, left,
+          top + std::max(g.small_h, rows), left + std::max(g.small_w, cols)};
+}
+
+// The big pixels of one stride class (row and column phases (ih + pad_top) % stride_h and
+// (iw + pad_left) % stride_w) are reached by the same taps, each at a fixed offset from a
+// per-pixel origin in the padded small image: one tile kernel call covers any kRows of them.
+struct StrideClass {
+  std::vector<PatchSlice> taps;
+  std::vector<int64_t> origins;  // in the padded small image
+  std::vector<int64_t> at;       // in the big image's rows
+};
+
+// Rows [row_begin, row_end) of the big image, phases (phase_h, phase_w).
+void MakeStrideClass(const ConvGeometry& g, const PaddedShape& shape, int64_t row_floats,
+                     int64_t phase_h, int64_t phase_w, int64_t row_begin, int64_t row_end,
+                     StrideClass* cls) {
+  cls->taps.clear();
+  cls->origins.clear();
+  cls->at.clear();
+  for (int64_t kh = phase_h; kh < g.kernel_h; kh += g.stride_h) {
+    for (int64_t kw = phase_w; kw < g.kernel_w; kw += g.stride_w) {
+      // Tap (kh, kw) reads the small pixel (kh - phase) / stride rows/columns before the origin.
+      cls->taps.push_back({-((kh - phase_h) / g.stride_h) * row_floats -
+                               ((kw - phase_w) / g.stride_w) * g.small_c,
+                           (kh * g.kernel_w + kw) * g.small_c, g.small_c});
+    }
+  }
+  for (int64_t ih = row_begin; ih < row_end; ++ih) {
+    if ((ih + g.pad_top) % g.stride_h != phase_h) continue;
+    const int64_t oh = (ih + g.pad_top - phase_h) / g.stride_h + shape.pad_top;
+    for (int64_t iw = (phase_w - g.pad_left % g.stride_w + g.stride_w) % g.stride_w;
+         iw < g.big_w; iw += g.stride_w) {
+      const int64_t ow = (iw + g.pad_left - phase_w) / g.stride_w + shape.pad_left;
+      cls->origins.push_back(oh * row_floats + ow * g.small_c);
+      cls->at.push_back((ih * g.big_w + iw) * g.big_c);
+    }
+  }
+}
+
+template <int kRows, int kVectors>
+void TransposeClass(const float* padded, const StrideClass& cls, const float* filter,
+                    float* out, __mmask16 last_mask) {
+  int64_t tile_origin[kRows], tile_at[kRows];
+  const int64_t pixels = cls.origins.size();
+  for (int64_t m = 0; m < pixels; m += kRows) {
+    const int64_t valid = std::min<int64_t>(kRows, pixels - m);
+    for (int r = 0; r < kRows; ++r) {
+      tile_origin[r] = cls.origins[m + std::min<int64_t>(r, valid - 1)];
+      tile_at[r] = cls.at[m + std::min<int64_t>(r, valid - 1)];
+    }
+    ConvTile<kRows, kVectors>(padded, tile_origin, cls.taps.data(), cls.taps.size(), filter,
+                              false, out, tile_at, valid, last_mask);
+  }
+}
+
+void TransposeClassAnyWidth(int64_t vectors, const float* padded, const StrideClass& cls,
+                            const float* filter, float* out, __mmask16 last_mask) {
+  switch (vectors) {
+    case 1: return TransposeClass<8, 1>(padded, cls, filter, out, last_mask);
+    case 2: return TransposeClass<8, 2>(padded, cls, filter, out, last_mask);
+    case 3: return TransposeClass<8, 3>(padded, cls, filter, out, last_mask);
+    default: return TransposeClass<6, 4>(padded, cls, filter, out, last_mask);
   }
 }
 
@@ -301,14 +388,14 @@ FilterGradFn FilterGradFor(int64_t vectors, int64_t rows) {
   }
 }
 
-// Channels of one tap per filter-gradient tile: 16-32 accumulators.
-int64_t FilterGradRows(int64_t vectors) { return vectors >= 3 ? 4 : 8; }
+// Filter rows per filter-gradient tile: 8-24 accumulators.
+int64_t FilterGradRows(int64_t vectors) { return vectors == 4 ? 6 : 8; }
 
 }  // namespace
 
 void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& filter,
                 int64_t first, int64_t end, float* small, const RowsCallback& on_rows) {
-  PaddedImages padded(g, ChunkImages(g, end - first));
+  PaddedImages padded(PaddedBig(g), ChunkImages(g, end - first));
   std::vector<std::vector<PatchSlice>> slices;
   for (int64_t b = 0; b < filter.num_blocks(); ++b) {
     slices.push_back(PatchSlices(g, padded.row_floats(), filter.block_stride(b)));
@@ -317,7 +404,7 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
   for (int64_t image = first; image < end;) {
     const int64_t images = ChunkImages(g, end - image);
     padded.Fill(big, image, images);
-    padded.Origins(images, &origins);
+    PatchOrigins(g, padded, images, &origins);
     float* out = small + image * g.small_pixels() * g.small_c;
     const int64_t pixels = images * g.small_pixels();
     for (int64_t q = 0; q < pixels; q += kPassPixels) {
@@ -333,30 +420,59 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
   }
 }
 
+void DirectConvTranspose(const ConvGeometry& g, const float* small,
+                         const PackedFilter& filter, int64_t first, int64_t end, float* big,
+                         const RowsCallback& on_rows) {
+  const PaddedShape shape = PaddedSmall(g);
+  PaddedImages padded(shape, 1);
+  StrideClass cls;
+  // Bands of whole rows, about a pass of pixels each, so on_rows sees them while in cache.
+  const int64_t band_rows = std::max<int64_t>(1, kPassPixels / g.big_w);
+  for (int64_t image = first; image < end; ++image) {
+    padded.Fill(small, image, 1);
+    float* out = big + image * g.big_pixels() * g.big_c;
+    for (int64_t row = 0; row < g.big_h; row += band_rows) {
+      const int64_t row_end = std::min(g.big_h, row + band_rows);
+      for (int64_t phase_h = 0; phase_h < g.stride_h; ++phase_h) {
+        for (int64_t phase_w = 0; phase_w < g.stride_w; ++phase_w) {
+          MakeStrideClass(g, shape, padded.row_floats(), phase_h, phase_w, row, row_end, &cls);
+          for (int64_t b = 0; b < filter.num_blocks(); ++b) {
+            TransposeClassAnyWidth(filter.block_stride(b) / 16, padded.data(), cls,
+                                   filter.block(b), out + filter.block_col(b),
+                                   TailMask(filter.block_width(b)));
+          }
+        }
+      }
+      on_rows(out + row * g.big_w * g.big_c, (row_end - row) * g.big_w);
+    }
+  }
+}
+
 void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,
                       int64_t first, int64_t end, float* dfilter) {
-  PaddedImages padded(g, ChunkImages(g, end - first));
-  const std::vector<int64_t> taps = padded.TapOffsets();
+  PaddedImages padded(PaddedBig(g), ChunkImages(g, end - first));
   std::vector<int64_t> origins;
   const int64_t cols = g.small_c;
+  // Each kernel row's taps x channels are contiguous in the padded image and in dfilter.
+  const int64_t span = g.kernel_w * g.big_c;
   for (int64_t image = first; image < end;) {
     const int64_t images = ChunkImages(g, end - image);
     padded.Fill(big, image, images);
-    padded.Origins(images, &origins);
+    PatchOrigins(g, padded, images, &origins);
     const float* rows = small + image * g.small_pixels() * cols;
     const int64_t pixels = images * g.small_pixels();
-    for (int64_t q = 0; q < pixels; q += kPassPixels) {
-      const int64_t count = std::min(kPassPixels, pixels - q);
+    for (int64_t q = 0; q < pixels; q += kGradPassPixels) {
+      const int64_t count = std::min(kGradPassPixels, pixels - q);
       for (int64_t col = 0; col < cols; col += PackedFilter::kBlockCols) {
         const int64_t width = std::min(PackedFilter::kBlockCols, cols - col);
         const int64_t vectors = (width + 15) / 16;
         const int64_t tile = FilterGradRows(vectors);
-        for (int64_t t = 0; t < static_cast<int64_t>(taps.size()); ++t) {
-          for (int64_t c = 0; c < g.big_c; c += tile) {
-            const int64_t tile_rows = std::min(tile, g.big_c - c);
-            FilterGradFor(vectors, tile_rows)(
-                padded.data(), origins.data() + q, count, taps[t] + c, rows + q * cols + col,
-                cols, dfilter + (t * g.big_c + c) * cols + col, cols, TailMask(width));
+        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+          for (int64_t s = 0; s < span; s += tile) {
+            FilterGradFor(vectors, std::min(tile, span - s))(
+                padded.data(), origins.data() + q, count, kh * padded.row_floats() + s,
+                rows + q * cols + col, cols, dfilter + (kh * span + s) * cols + col, cols,
+                TailMask(width));
           }
         }
       }
@@ -372,6 +488,11 @@ bool DirectConvAvailable() { return false; }
 // Callers check DirectConvAvailable() first; reaching these is a bug in the caller.
 void DirectConv(const ConvGeometry&, const float*, const PackedFilter&, int64_t, int64_t,
                 float*, const RowsCallback&) {
+  std::abort();
+}
+
+void DirectConvTranspose(const ConvGeometry&, const float*, const PackedFilter&, int64_t,
+                         int64_t, float*, const RowsCallback&) {
   std::abort();
 }
 

@@ -49,6 +49,12 @@ using RowsCallback = std::function<void(float* rows, int64_t count)>;
 void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& filter,
                 int64_t first, int64_t end, float* small, const RowsCallback& on_rows);
 
+// big = conv^T(small) for images [first, end), the adjoint of DirectConv (Conv2D's data
+// gradient, Conv2DTranspose's forward). `filter` packs the kernel regrouped per tap as
+// [kernel_h][kernel_w][small_c][big_c].
+void DirectConvTranspose(const ConvGeometry& g, const float* small, const PackedFilter& filter,
+                         int64_t first, int64_t end, float* big, const RowsCallback& on_rows);
+
 // dfilter[patch_size, small_c] += patches(big)^T x small, over images [first, end).
 void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,
                       int64_t first, int64_t end, float* dfilter);

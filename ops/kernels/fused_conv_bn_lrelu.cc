@@ -66,20 +66,26 @@ ConvGeometry AdjointGeometry(const ConvGeometry& g) {
   return adjoint;
 }
 
-// kernel [kh][kw][big_c][small_c] -> flipped [kh][kw][small_c][big_c].
-std::vector<float> AdjointKernel(const ConvGeometry& g, const float* kernel) {
+// kernel [kh][kw][big_c][small_c] -> [kh][kw][small_c][big_c], the taps in the same order
+// (what the direct transposed conv reads) or flipped (the unit-stride adjoint's kernel).
+std::vector<float> TapTransposedKernel(const ConvGeometry& g, const float* kernel, bool flip) {
   const int64_t kh = g.kernel_h, kw = g.kernel_w, big_c = g.big_c, small_c = g.small_c;
-  std::vector<float> adjoint(kh * kw * big_c * small_c);
+  std::vector<float> transposed(kh * kw * big_c * small_c);
   for (int64_t i = 0; i < kh; ++i) {
     for (int64_t j = 0; j < kw; ++j) {
       const float* tap = kernel + (i * kw + j) * big_c * small_c;
-      float* flipped = adjoint.data() + ((kh - 1 - i) * kw + (kw - 1 - j)) * small_c * big_c;
+      const int64_t to_tap = flip ? (kh - 1 - i) * kw + (kw - 1 - j) : i * kw + j;
+      float* to = transposed.data() + to_tap * small_c * big_c;
       for (int64_t ci = 0; ci < big_c; ++ci) {
-        for (int64_t co = 0; co < small_c; ++co) flipped[co * big_c + ci] = tap[ci * small_c + co];
+        for (int64_t co = 0; co < small_c; ++co) to[co * big_c + ci] = tap[ci * small_c + co];
       }
     }
   }
-  return adjoint;
+  return transposed;
+}
+
+std::vector<float> AdjointKernel(const ConvGeometry& g, const float* kernel) {
+  return TapTransposedKernel(g, kernel, true);
 }
 
 // A conv's filter matrix [patch_size, small_c], and the same packed for the direct kernels
@@ -98,23 +104,36 @@ ConvFilter MakeConvFilter(const ConvGeometry& conv, const float* matrix) {
   return filter;
 }
 
-// How z is computed: g's own conv, or for a unit-stride transposed conv the adjoint conv with
-// the flipped kernel (one write per z row instead of a scatter-add).
+// The kernel regrouped per tap and packed for DirectConvTranspose (empty without the direct
+// kernels).
+std::unique_ptr<PackedFilter> PackTransposed(const ConvGeometry& g, const float* kernel) {
+  if (!DirectConvAvailable()) return nullptr;
+  const std::vector<float> taps = TapTransposedKernel(g, kernel, false);
+  return std::make_unique<PackedFilter>(taps.data(), g.kernel_h * g.kernel_w * g.small_c,
+                                        g.big_c);
+}
+
+// How z is computed: g's own conv; for a unit-stride transposed conv, the adjoint conv with
+// the flipped kernel (one write per z row instead of a scatter-add); for a strided one, the
+// direct transposed conv where this build has it, else GEMM + col2im.
 struct ZConv {
   ConvGeometry conv;
   std::vector<float> adjoint_kernel;
   ConvFilter filter;
+  std::unique_ptr<PackedFilter> transposed;
 };
 
 std::unique_ptr<ZConv> MakeZConv(const ConvGeometry& g, const float* kernel) {
   auto z_conv = std::make_unique<ZConv>();
-  if (g.transpose && UnitStride(g)) {
+  z_conv->conv = g;
+  if (!g.transpose) {
+    z_conv->filter = MakeConvFilter(g, kernel);
+  } else if (UnitStride(g)) {
     z_conv->conv = AdjointGeometry(g);
     z_conv->adjoint_kernel = AdjointKernel(g, kernel);
     z_conv->filter = MakeConvFilter(z_conv->conv, z_conv->adjoint_kernel.data());
   } else {
-    z_conv->conv = g;
-    z_conv->filter = MakeConvFilter(g, kernel);
+    z_conv->transposed = PackTransposed(g, kernel);
   }
   return z_conv;
 }
@@ -146,6 +165,10 @@ void ComputeZ(const ConvGeometry& g, const ZConv& z_conv, const float* x, const 
               int64_t first, int64_t end, Scratch* cols, float* z, OnRows on_rows) {
   if (!g.transpose || UnitStride(g)) {
     ConvRows(z_conv.conv, x, z_conv.filter, first, end, cols, z, on_rows);
+    return;
+  }
+  if (z_conv.transposed) {
+    DirectConvTranspose(g, x, *z_conv.transposed, first, end, z, on_rows);
     return;
   }
   const int64_t patch = g.patch_size();
@@ -334,6 +357,7 @@ struct DxFilters {
   ConvFilter kernel;                  // transposed: dx = conv(dz, kernel)
   std::vector<float> adjoint_kernel;  // unit-stride Conv2D: dx = adjoint conv of dz
   ConvFilter adjoint;
+  std::unique_ptr<PackedFilter> transposed;  // strided Conv2D: dx = direct conv^T of dz
 };
 
 std::unique_ptr<DxFilters> MakeDxFilters(const ConvGeometry& g, const float* kernel) {
@@ -342,9 +366,13 @@ std::unique_ptr<DxFilters> MakeDxFilters(const ConvGeometry& g, const float* ker
   constexpr int64_t kMinAdjointChannels = 16;
   if (g.transpose) {
     filters->kernel = MakeConvFilter(g, kernel);
-  } else if (UnitStride(g) && g.big_c >= kMinAdjointChannels) {
+  } else if (g.big_c < kMinAdjointChannels) {
+    // dx by scatter
+  } else if (UnitStride(g)) {
     filters->adjoint_kernel = AdjointKernel(g, kernel);
     filters->adjoint = MakeConvFilter(AdjointGeometry(g), filters->adjoint_kernel.data());
+  } else {
+    filters->transposed = PackTransposed(g, kernel);
   }
   return filters;
 }
@@ -399,6 +427,8 @@ void ConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
     ConvRows(g, dz, dx_filters.kernel, first, end, &cols, dx, no_epilogue);
   } else if (dx_filters.adjoint.matrix != nullptr) {
     ConvRows(AdjointGeometry(g), dz, dx_filters.adjoint, first, end, &cols, dx, no_epilogue);
+  } else if (dx_filters.transposed) {
+    DirectConvTranspose(g, dz, *dx_filters.transposed, first, end, dx, no_epilogue);
   } else {
     ScatterDx(g, dz, kernel, first, end, dx);
   }
