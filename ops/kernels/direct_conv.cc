@@ -139,10 +139,19 @@ struct PatchSlice {
 // out[at[r]][0, 16 * kVectors) (+)= sum over the slices of patch values x filter rows, for
 // kRows pixels whose patches start at `origin`. Rows at or past `valid` are neither read nor
 // stored.
+// The epilogue's per-channel vectors for one column block, and its running NaN probe.
+struct BlockEpilogue {
+  const float* scale;
+  const float* shift;
+  __m512 slope;
+  __m512 probe;
+};
+
 template <int kRows, int kVectors>
 void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slices,
               int64_t num_slices, const float* filter, bool accumulate, float* out,
-              const int64_t* at, int64_t valid, __mmask16 last_mask) {
+              const int64_t* at, int64_t valid, __mmask16 last_mask,
+              BlockEpilogue* epilogue = nullptr) {
   constexpr int64_t kStride = 16 * kVectors;
   __m512 acc[kRows][kVectors];
 #pragma GCC unroll 8
@@ -173,6 +182,27 @@ void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slic
       }
     }
   }
+  if (epilogue != nullptr) {
+    __m512 scale[kVectors], shift[kVectors];
+#pragma GCC unroll 4
+    for (int j = 0; j < kVectors; ++j) {
+      const __mmask16 mask = j + 1 < kVectors ? static_cast<__mmask16>(0xFFFF) : last_mask;
+      scale[j] = _mm512_maskz_loadu_ps(mask, epilogue->scale + 16 * j);
+      shift[j] = _mm512_maskz_loadu_ps(mask, epilogue->shift + 16 * j);
+    }
+    __m512 probe = epilogue->probe;
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 4
+      for (int j = 0; j < kVectors; ++j) {
+        const __m512 u = _mm512_fmadd_ps(acc[r][j], scale[j], shift[j]);
+        probe = _mm512_add_ps(probe, _mm512_sub_ps(u, u));  // 0 for finite u, NaN otherwise
+        const __mmask16 negative = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LE_OQ);
+        acc[r][j] = _mm512_mask_mul_ps(u, negative, u, epilogue->slope);
+      }
+    }
+    epilogue->probe = probe;
+  }
   // Fully unrolled, so the accumulators never need an address and stay in registers.
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
@@ -185,62 +215,75 @@ void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slic
   }
 }
 
-std::vector<PatchSlice> PatchSlices(const ConvGeometry& g, int64_t padded_row_floats,
-                                    int64_t filter_stride) {
+// The patch as groups of slices, each group's filter rows (at most kL1FilterBytes) read by
+// every tile of a pass from L1; a small filter is one group, so its tiles never reload their
+// accumulators.
+using SliceGroups = std::vector<std::vector<PatchSlice>>;
+
+SliceGroups PatchSlices(const ConvGeometry& g, int64_t padded_row_floats,
+                        int64_t filter_stride) {
   constexpr int64_t kL1FilterBytes = 24 * 1024;
   const int64_t span = g.kernel_w * g.big_c;
   const int64_t max_length = std::max<int64_t>(
       1, kL1FilterBytes / static_cast<int64_t>(sizeof(float) * filter_stride));
-  std::vector<PatchSlice> slices;
+  SliceGroups groups(1);
+  int64_t group_length = 0;
   for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-    for (int64_t s = 0; s < span; s += max_length) {
-      slices.push_back({kh * padded_row_floats + s, kh * span + s,
-                        std::min(max_length, span - s)});
+    for (int64_t s = 0; s < span;) {
+      if (group_length == max_length) {
+        groups.emplace_back();
+        group_length = 0;
+      }
+      const int64_t length = std::min(max_length - group_length, span - s);
+      groups.back().push_back({kh * padded_row_floats + s, kh * span + s, length});
+      group_length += length;
+      s += length;
     }
   }
-  return slices;
+  return groups;
 }
 
 // Small pixels [begin, end) of a chunk against one column block of the filter.
 template <int kRows, int kVectors>
 void ConvPixels(const float* padded, const std::vector<int64_t>& origins,
-                const std::vector<PatchSlice>& slices, const float* filter, int64_t begin,
-                int64_t end, float* out, int64_t out_stride, __mmask16 last_mask) {
+                const SliceGroups& groups, const float* filter, int64_t begin,
+                int64_t end, float* out, int64_t out_stride, __mmask16 last_mask,
+                BlockEpilogue* epilogue) {
   int64_t tile_origin[kRows], tile_at[kRows];
   for (int r = 0; r < kRows; ++r) tile_at[r] = r * out_stride;
-  for (size_t i = 0; i < slices.size(); ++i) {
+  for (size_t i = 0; i < groups.size(); ++i) {
     for (int64_t q = begin; q < end; q += kRows) {
       const int64_t valid = std::min<int64_t>(kRows, end - q);
       // A short last tile repeats its last pixel rather than reading past the chunk.
       for (int r = 0; r < kRows; ++r) {
         tile_origin[r] = origins[q + std::min<int64_t>(r, valid - 1)];
       }
-      ConvTile<kRows, kVectors>(padded, tile_origin, &slices[i], 1, filter, i > 0,
-                                out + q * out_stride, tile_at, valid, last_mask);
+      ConvTile<kRows, kVectors>(padded, tile_origin, groups[i].data(), groups[i].size(), filter,
+                                i > 0, out + q * out_stride, tile_at, valid, last_mask,
+                                i + 1 == groups.size() ? epilogue : nullptr);
     }
   }
 }
 
 void ConvPixelsAnyWidth(int64_t vectors, const float* padded,
-                        const std::vector<int64_t>& origins,
-                        const std::vector<PatchSlice>& slices, const float* filter,
-                        int64_t begin, int64_t end, float* out, int64_t out_stride,
-                        __mmask16 last_mask) {
+                        const std::vector<int64_t>& origins, const SliceGroups& slices,
+                        const float* filter, int64_t begin, int64_t end, float* out,
+                        int64_t out_stride, __mmask16 last_mask, BlockEpilogue* epilogue) {
   // Tiles of 6-8 pixels x 1-4 vectors: 8-24 accumulators and few enough patch pointers to
   // stay in registers.
   switch (vectors) {
     case 1:
       return ConvPixels<8, 1>(padded, origins, slices, filter, begin, end, out, out_stride,
-                              last_mask);
+                              last_mask, epilogue);
     case 2:
       return ConvPixels<8, 2>(padded, origins, slices, filter, begin, end, out, out_stride,
-                              last_mask);
+                              last_mask, epilogue);
     case 3:
       return ConvPixels<8, 3>(padded, origins, slices, filter, begin, end, out, out_stride,
-                              last_mask);
+                              last_mask, epilogue);
     default:
       return ConvPixels<6, 4>(padded, origins, slices, filter, begin, end, out, out_stride,
-                              last_mask);
+                              last_mask, epilogue);
   }
 }
 
@@ -298,7 +341,7 @@ void MakeStrideClass(const ConvGeometry& g, const PaddedShape& shape, int64_t ro
 
 template <int kRows, int kVectors>
 void TransposeClass(const float* padded, const StrideClass& cls, const float* filter,
-                    float* out, __mmask16 last_mask) {
+                    float* out, __mmask16 last_mask, BlockEpilogue* epilogue) {
   int64_t tile_origin[kRows], tile_at[kRows];
   const int64_t pixels = cls.origins.size();
   for (int64_t m = 0; m < pixels; m += kRows) {
@@ -308,17 +351,42 @@ void TransposeClass(const float* padded, const StrideClass& cls, const float* fi
       tile_at[r] = cls.at[m + std::min<int64_t>(r, valid - 1)];
     }
     ConvTile<kRows, kVectors>(padded, tile_origin, cls.taps.data(), cls.taps.size(), filter,
-                              false, out, tile_at, valid, last_mask);
+                              false, out, tile_at, valid, last_mask, epilogue);
   }
 }
 
 void TransposeClassAnyWidth(int64_t vectors, const float* padded, const StrideClass& cls,
-                            const float* filter, float* out, __mmask16 last_mask) {
+                            const float* filter, float* out, __mmask16 last_mask,
+                            BlockEpilogue* epilogue) {
   switch (vectors) {
-    case 1: return TransposeClass<8, 1>(padded, cls, filter, out, last_mask);
-    case 2: return TransposeClass<8, 2>(padded, cls, filter, out, last_mask);
-    case 3: return TransposeClass<8, 3>(padded, cls, filter, out, last_mask);
-    default: return TransposeClass<6, 4>(padded, cls, filter, out, last_mask);
+    case 1: return TransposeClass<8, 1>(padded, cls, filter, out, last_mask, epilogue);
+    case 2: return TransposeClass<8, 2>(padded, cls, filter, out, last_mask, epilogue);
+    case 3: return TransposeClass<8, 3>(padded, cls, filter, out, last_mask, epilogue);
+    default: return TransposeClass<6, 4>(padded, cls, filter, out, last_mask, epilogue);
+  }
+}
+
+// Per column block epilogues for a filter; empty when there is no epilogue.
+std::vector<BlockEpilogue> BlockEpilogues(const PackedFilter& filter,
+                                          const TileEpilogue* epilogue) {
+  std::vector<BlockEpilogue> blocks;
+  if (epilogue == nullptr) return blocks;
+  for (int64_t b = 0; b < filter.num_blocks(); ++b) {
+    blocks.push_back({epilogue->scale + filter.block_col(b), epilogue->shift + filter.block_col(b),
+                      _mm512_set1_ps(epilogue->negative_slope), _mm512_setzero_ps()});
+  }
+  return blocks;
+}
+
+BlockEpilogue* BlockEpilogueAt(std::vector<BlockEpilogue>& blocks, int64_t b) {
+  return blocks.empty() ? nullptr : &blocks[b];
+}
+
+void FinishEpilogues(const std::vector<BlockEpilogue>& blocks, TileEpilogue* epilogue) {
+  for (const BlockEpilogue& block : blocks) {
+    float lanes[16];
+    _mm512_storeu_ps(lanes, block.probe);
+    for (float lane : lanes) epilogue->probe += lane;
   }
 }
 
@@ -394,9 +462,11 @@ int64_t FilterGradRows(int64_t vectors) { return vectors == 4 ? 6 : 8; }
 }  // namespace
 
 void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& filter,
-                int64_t first, int64_t end, float* small, const RowsCallback& on_rows) {
+                int64_t first, int64_t end, float* small, const RowsCallback& on_rows,
+                TileEpilogue* epilogue) {
+  std::vector<BlockEpilogue> epilogues = BlockEpilogues(filter, epilogue);
   PaddedImages padded(PaddedBig(g), ChunkImages(g, end - first));
-  std::vector<std::vector<PatchSlice>> slices;
+  std::vector<SliceGroups> slices;
   for (int64_t b = 0; b < filter.num_blocks(); ++b) {
     slices.push_back(PatchSlices(g, padded.row_floats(), filter.block_stride(b)));
   }
@@ -412,17 +482,19 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
       for (int64_t b = 0; b < filter.num_blocks(); ++b) {
         ConvPixelsAnyWidth(filter.block_stride(b) / 16, padded.data(), origins, slices[b],
                            filter.block(b), q, q_end, out + filter.block_col(b), g.small_c,
-                           TailMask(filter.block_width(b)));
+                           TailMask(filter.block_width(b)), BlockEpilogueAt(epilogues, b));
       }
       on_rows(out + q * g.small_c, q_end - q);
     }
     image += images;
   }
+  if (epilogue != nullptr) FinishEpilogues(epilogues, epilogue);
 }
 
 void DirectConvTranspose(const ConvGeometry& g, const float* small,
                          const PackedFilter& filter, int64_t first, int64_t end, float* big,
-                         const RowsCallback& on_rows) {
+                         const RowsCallback& on_rows, TileEpilogue* epilogue) {
+  std::vector<BlockEpilogue> epilogues = BlockEpilogues(filter, epilogue);
   const PaddedShape shape = PaddedSmall(g);
   PaddedImages padded(shape, 1);
   StrideClass cls;
@@ -439,13 +511,15 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
           for (int64_t b = 0; b < filter.num_blocks(); ++b) {
             TransposeClassAnyWidth(filter.block_stride(b) / 16, padded.data(), cls,
                                    filter.block(b), out + filter.block_col(b),
-                                   TailMask(filter.block_width(b)));
+                                   TailMask(filter.block_width(b)),
+                                   BlockEpilogueAt(epilogues, b));
           }
         }
       }
       on_rows(out + row * g.big_w * g.big_c, (row_end - row) * g.big_w);
     }
   }
+  if (epilogue != nullptr) FinishEpilogues(epilogues, epilogue);
 }
 
 void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,
@@ -487,12 +561,12 @@ bool DirectConvAvailable() { return false; }
 
 // Callers check DirectConvAvailable() first; reaching these is a bug in the caller.
 void DirectConv(const ConvGeometry&, const float*, const PackedFilter&, int64_t, int64_t,
-                float*, const RowsCallback&) {
+                float*, const RowsCallback&, TileEpilogue*) {
   std::abort();
 }
 
 void DirectConvTranspose(const ConvGeometry&, const float*, const PackedFilter&, int64_t,
-                         int64_t, float*, const RowsCallback&) {
+                         int64_t, float*, const RowsCallback&, TileEpilogue*) {
   std::abort();
 }
 

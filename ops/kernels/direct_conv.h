@@ -45,15 +45,27 @@ class PackedFilter {
 // Sees each finished run of output rows while it is still in cache.
 using RowsCallback = std::function<void(float* rows, int64_t count)>;
 
+// y = leaky_relu(z * scale + shift), applied to each output tile in registers as it is
+// stored (inference: the affine step is known before the conv runs).
+struct TileEpilogue {
+  const float* scale;  // per output channel
+  const float* shift;
+  float negative_slope;
+  float probe = 0.0f;  // NaN once any output is NaN or Inf
+};
+
 // small = conv(big) for images [first, end): `small` is the whole batch's [.., small_c] rows.
+// `epilogue` (optional) is applied before on_rows sees the rows.
 void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& filter,
-                int64_t first, int64_t end, float* small, const RowsCallback& on_rows);
+                int64_t first, int64_t end, float* small, const RowsCallback& on_rows,
+                TileEpilogue* epilogue = nullptr);
 
 // big = conv^T(small) for images [first, end), the adjoint of DirectConv (Conv2D's data
 // gradient, Conv2DTranspose's forward). `filter` packs the kernel regrouped per tap as
 // [kernel_h][kernel_w][small_c][big_c].
 void DirectConvTranspose(const ConvGeometry& g, const float* small, const PackedFilter& filter,
-                         int64_t first, int64_t end, float* big, const RowsCallback& on_rows);
+                         int64_t first, int64_t end, float* big, const RowsCallback& on_rows,
+                         TileEpilogue* epilogue = nullptr);
 
 // dfilter[patch_size, small_c] += patches(big)^T x small, over images [first, end).
 void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,

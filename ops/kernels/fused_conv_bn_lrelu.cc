@@ -158,32 +158,6 @@ void ConvRows(const ConvGeometry& conv, const float* in, const ConvFilter& filte
   });
 }
 
-// Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
-// sees each finished run of z rows while it is still in cache.
-template <typename OnRows>
-void ComputeZ(const ConvGeometry& g, const ZConv& z_conv, const float* x, const float* kernel,
-              int64_t first, int64_t end, Scratch* cols, float* z, OnRows on_rows) {
-  if (!g.transpose || UnitStride(g)) {
-    ConvRows(z_conv.conv, x, z_conv.filter, first, end, cols, z, on_rows);
-    return;
-  }
-  if (z_conv.transposed) {
-    DirectConvTranspose(g, x, *z_conv.transposed, first, end, z, on_rows);
-    return;
-  }
-  const int64_t patch = g.patch_size();
-  cols->Reserve(TileRows(g) * patch);
-  float* z_block = z + first * g.big_pixels() * g.big_c;
-  const int64_t block_rows = (end - first) * g.big_pixels();
-  std::memset(z_block, 0, sizeof(float) * block_rows * g.big_c);
-  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
-    Gemm(false, true, rows, patch, g.small_c, 1.0f, x + s * g.small_c, g.small_c, kernel,
-         g.small_c, 0.0f, cols->data(), patch);
-    Col2ImAdd(g, cols->data(), s, rows, z);
-  });
-  on_rows(z_block, block_rows);
-}
-
 // Rows are summed in float over short runs (exact enough: at most kRunRows terms) and the
 // runs in double, which keeps the inner loop vectorised.
 constexpr int64_t kRunRows = 64;
@@ -229,6 +203,46 @@ float ApplyEpilogue(float* __restrict z, int64_t rows, int64_t channels,
   float total = 0.0f;
   for (int64_t c = 0; c < channels; ++c) total += probe[c];
   return total;
+}
+
+// Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
+// sees each finished run of z rows while it is still in cache. With an `epilogue`, the rows
+// are y: the direct kernels apply it in registers, the GEMM paths to each run.
+template <typename OnRows>
+void ComputeZ(const ConvGeometry& g, const ZConv& z_conv, const float* x, const float* kernel,
+              int64_t first, int64_t end, Scratch* cols, float* z, OnRows on_rows,
+              TileEpilogue* epilogue = nullptr) {
+  const int64_t channels = g.z_channels();
+  auto rows_done = [&](float* rows, int64_t count) {
+    if (epilogue != nullptr) {
+      epilogue->probe += ApplyEpilogue(rows, count, channels, epilogue->scale, epilogue->shift,
+                                       epilogue->negative_slope);
+    }
+    on_rows(rows, count);
+  };
+  if (!g.transpose || UnitStride(g)) {
+    if (z_conv.filter.packed) {
+      DirectConv(z_conv.conv, x, *z_conv.filter.packed, first, end, z, on_rows, epilogue);
+    } else {
+      ConvRows(z_conv.conv, x, z_conv.filter, first, end, cols, z, rows_done);
+    }
+    return;
+  }
+  if (z_conv.transposed) {
+    DirectConvTranspose(g, x, *z_conv.transposed, first, end, z, on_rows, epilogue);
+    return;
+  }
+  const int64_t patch = g.patch_size();
+  cols->Reserve(TileRows(g) * patch);
+  float* z_block = z + first * g.big_pixels() * g.big_c;
+  const int64_t block_rows = (end - first) * g.big_pixels();
+  std::memset(z_block, 0, sizeof(float) * block_rows * g.big_c);
+  ForEachTile(g, first, end, [&](int64_t s, int64_t rows) {
+    Gemm(false, true, rows, patch, g.small_c, 1.0f, x + s * g.small_c, g.small_c, kernel,
+         g.small_c, 0.0f, cols->data(), patch);
+    Col2ImAdd(g, cols->data(), s, rows, z);
+  });
+  rows_done(z_block, block_rows);
 }
 
 // Sums a [count, length] array of per-task partials into out[length].
@@ -511,11 +525,10 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
     set_affine(moving_mean, moving_variance);
     runtime.run_tasks(blocks.count, [&](int64_t b) {
       Scratch cols;
+      TileEpilogue epilogue{scale.data(), shift.data(), p.negative_slope};
       ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
-               [&](float* rows, int64_t count) {
-                 probes[b] += ApplyEpilogue(rows, count, channels, scale.data(), shift.data(),
-                                            p.negative_slope);
-               });
+               [](float*, int64_t) {}, &epilogue);
+      probes[b] = epilogue.probe;
     });
     for (float probe : probes) {
       if (!std::isfinite(probe)) return "x contains NaN or Inf (the output is not finite)";
