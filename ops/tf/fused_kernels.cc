@@ -1,4 +1,6 @@
 // CPU OpKernels of the fused op and its gradient: check inputs, allocate, call the kernels.
+#include <algorithm>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -8,6 +10,7 @@
 #include "parallel.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/blocking_counter.h"
 #include "tensorflow/core/platform/threadpool.h"
 
 namespace pyae {
@@ -21,15 +24,28 @@ using ::tensorflow::TensorShape;
 
 Runtime RuntimeFor(OpKernelContext* ctx) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  TaskRunner run = [pool](int64_t num_tasks, const std::function<void(int64_t)>& fn) {
-    // Each task is a whole block of images: tell the pool it is expensive so it runs one
-    // task per shard.
-    constexpr int64_t kCostPerTask = 1 << 30;
-    pool->ParallelFor(num_tasks, kCostPerTask, [&fn](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) fn(task);
-    });
+  const int threads = pool->NumThreads();
+  TaskRunner run = [pool, threads](int64_t num_tasks, const std::function<void(int64_t)>& fn) {
+    // The calling thread works too, so ask the pool for one thread fewer than it has: the
+    // pool's ParallelFor would run its shards on every pool thread *and* the caller, more
+    // threads than cores, and a preempted shard holds up the whole op. Tasks are pulled from a
+    // counter, so a thread that another op holds up simply takes fewer of them.
+    std::atomic<int64_t> next{0};
+    auto work = [&] {
+      for (int64_t task = next++; task < num_tasks; task = next++) fn(task);
+    };
+    const int helpers = static_cast<int>(std::min<int64_t>(threads - 1, num_tasks - 1));
+    tensorflow::BlockingCounter done(std::max(helpers, 0));
+    for (int i = 0; i < helpers; ++i) {
+      pool->Schedule([&] {
+        work();
+        done.DecrementCount();
+      });
+    }
+    work();
+    done.Wait();
   };
-  return {run, pool->NumThreads()};
+  return {run, threads};
 }
 
 class FusedConvBnLeakyReluOp : public FusedOpBase {
