@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -108,19 +109,33 @@ def sample_images(model_name, count, seed=0):
     return np.random.default_rng(seed).random((count, *shape), dtype="float32")
 
 
-def time_config(model_name, config, steps, warmup=2):
-    """Images per second of ``steps`` train steps after ``warmup`` (compiling) ones."""
+def time_configs(model_name, configs, rounds, steps_per_round, warmup=2):
+    """Images per second of each config, its steps interleaved with the others'.
+
+    This VM's speed drifts by 10-30% over seconds, so every config runs ``steps_per_round``
+    steps in turn, ``rounds`` times, and each config's median round is reported: a slow spell
+    hits all configs alike instead of whichever happened to be running.
+    """
     batch = tf.constant(sample_images(model_name, BATCH_SIZES[model_name]))
-    step, _, note = make_step(model_name, config, batch)
-    for _ in range(warmup):
-        float(step(batch))
-    started = time.perf_counter()
-    for _ in range(steps):
-        loss = step(batch)
-    float(loss)  # wait for the last step
-    seconds = time.perf_counter() - started
-    return {"images_per_s": steps * BATCH_SIZES[model_name] / seconds,
-            "ms_per_step": 1e3 * seconds / steps, "note": note}
+    steps, notes = {}, {}
+    for config in configs:
+        steps[config], _, notes[config] = make_step(model_name, config, batch)
+        for _ in range(warmup):
+            float(steps[config](batch))
+    seconds = {config: [] for config in configs}
+    for _ in range(rounds):
+        for config in configs:
+            started = time.perf_counter()
+            for _ in range(steps_per_round):
+                loss = steps[config](batch)
+            float(loss)  # wait for the last step
+            seconds[config].append((time.perf_counter() - started) / steps_per_round)
+    results = {}
+    for config in configs:
+        per_step = statistics.median(seconds[config])
+        results[config] = {"images_per_s": BATCH_SIZES[model_name] / per_step,
+                           "ms_per_step": 1e3 * per_step, "note": notes[config]}
+    return results
 
 
 # ----------------------------------------------------------------------------- memory
@@ -270,6 +285,7 @@ def target_lines(model_name, speeds, memory, quality_result):
 def run_report(arguments):
     quick = arguments.quick
     steps = {"fashion_mnist": 3 if quick else 20, "cartoon": 2 if quick else 10}
+    rounds = {"fashion_mnist": (1, 3) if quick else (7, 4), "cartoon": (1, 2) if quick else (5, 2)}
     quality_sizes = {"fashion_mnist": (512, 1) if quick else (2048, 2),
                      "cartoon": (64, 1) if quick else (512, 2)}
     print(f"# pyae training report ({datetime.date.today()}, {platform.node()}, "
@@ -279,8 +295,7 @@ def run_report(arguments):
           f"({ops.build_info()['tf_ops']['reason'] or 'ok'})\n")
     summary = []
     for model_name in arguments.models:
-        speeds = {config: time_config(model_name, config, steps[model_name])
-                  for config in CONFIGS}
+        speeds = time_configs(model_name, CONFIGS, *rounds[model_name])
         memory = {}
         if not arguments.no_rss:
             memory = {config: measure_rss(model_name, config, max(steps[model_name] // 2, 2))

@@ -215,6 +215,28 @@ def test_fused_matches_keras_stack_at_cartoon_shapes(rng, impl, case):
         assert_close(grad, grad_ref, rtol=1e-4, name=name)
 
 
+@pytest.mark.parametrize("case", FASHION_BLOCKS[:2] + FASHION_BLOCKS[-1:], ids=shape_id)
+def test_parameter_gradients_without_dx_match_keras_stack(rng, impl, case):
+    """A first layer: in a graph nothing reads dx, so the native grad kernel skips it."""
+    inputs = make_inputs(rng, case)
+    _, grads_ref, _ = run_keras_stack(case, inputs, True)
+    x = tf.constant(inputs["x"])
+    variables = [tf.Variable(inputs[name]) for name in ("kernel", "gamma", "beta")]
+
+    @tf.function
+    def parameter_gradients():
+        with tf.GradientTape() as tape:
+            y, _, _ = pyae.ops.fused_conv_bn_leaky_relu(
+                x, *variables, inputs["moving_mean"], inputs["moving_variance"], impl=impl,
+                **op_attrs(case, True))
+            loss = tf.reduce_sum(y * tf.sin(y))
+        return tape.gradient(loss, variables)
+
+    for name, grad, grad_ref in zip(("dkernel", "dgamma", "dbeta"), parameter_gradients(),
+                                    grads_ref[1:]):
+        assert_close(grad, grad_ref, rtol=1e-4, name=name)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("case", [AWKWARD[0], (2, 4, 4, 3, 3, 3, 2, "same", True),
                                   (2, 6, 6, 2, 3, 3, 2, "same", False)],

@@ -435,6 +435,7 @@ void ConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
   // Transposed, z is the big image of the conv; else x is.
   AccumulateFilterGrad(g, g.transpose ? dz : x, g.transpose ? x : dz, first, end,
                        dkernel_partial);
+  if (dx == nullptr) return;
   Scratch cols;
   const auto no_epilogue = [](float*, int64_t) {};
   if (g.transpose) {

@@ -33,7 +33,8 @@ std::string FusedForward(const FusedParams& params, const Runtime& runtime, cons
                          const float* moving_mean, const float* moving_variance, float* y,
                          float* mean_out, float* variance_out);
 
-// mean/variance: the statistics the forward used (its mean_out/variance_out).
+// mean/variance: the statistics the forward used (its mean_out/variance_out). dx may be null
+// when the caller does not need it (it is then not computed).
 std::string FusedBackward(const FusedParams& params, const Runtime& runtime, const float* dy,
                           const float* x, const float* kernel, const float* gamma,
                           const float* beta, const float* y, const float* mean,

@@ -83,14 +83,16 @@ class FusedConvBnLeakyReluGradOp : public FusedOpBase {
     FusedParams params;
     OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, &params));
     Tensor* grads[4];
-    OP_REQUIRES_OK(ctx, AllocateGradOutputs(ctx, params.geometry.z_channels(), grads));
+    OP_REQUIRES_OK(ctx, AllocateGradOutputs(ctx, params.geometry.z_channels(), grads,
+                                            /*skip_unused_dx=*/true));
     Tensor *dx = grads[0], *dkernel = grads[1], *dgamma = grads[2], *dbeta = grads[3];
     const std::string err = FusedBackward(
         params, RuntimeFor(ctx), dy.flat<float>().data(), x.flat<float>().data(),
         kernel.flat<float>().data(), ctx->input(3).flat<float>().data(),
         ctx->input(4).flat<float>().data(), y.flat<float>().data(),
         ctx->input(6).flat<float>().data(), ctx->input(7).flat<float>().data(),
-        dx->flat<float>().data(), dkernel->flat<float>().data(), dgamma->flat<float>().data(),
+        dx != nullptr ? dx->flat<float>().data() : nullptr, dkernel->flat<float>().data(),
+        dgamma->flat<float>().data(),
         dbeta->flat<float>().data());
     OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
   }

@@ -105,10 +105,14 @@ class FusedOpBase : public OpKernel {
                                       " must have the output's shape " + z_shape.DebugString());
   }
 
-  // dx, dkernel, dgamma, dbeta, shaped like x, the kernel and gamma.
+  // dx, dkernel, dgamma, dbeta, shaped like x, the kernel and gamma. With `skip_unused_dx`,
+  // dx is left null when nothing in the graph reads it (a model's first layer).
   static absl::Status AllocateGradOutputs(OpKernelContext* ctx, int64_t channels,
-                                          Tensor* outputs[4]) {
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, ctx->input(1).shape(), &outputs[0]));
+                                          Tensor* outputs[4], bool skip_unused_dx = false) {
+    outputs[0] = nullptr;
+    if (!skip_unused_dx || ctx->output_required(0)) {
+      TF_RETURN_IF_ERROR(ctx->allocate_output(0, ctx->input(1).shape(), &outputs[0]));
+    }
     TF_RETURN_IF_ERROR(ctx->allocate_output(1, ctx->input(2).shape(), &outputs[1]));
     TF_RETURN_IF_ERROR(ctx->allocate_output(2, TensorShape({channels}), &outputs[2]));
     return ctx->allocate_output(3, TensorShape({channels}), &outputs[3]);
