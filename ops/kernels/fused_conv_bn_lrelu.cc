@@ -376,16 +376,14 @@ struct DxFilters {
 
 std::unique_ptr<DxFilters> MakeDxFilters(const ConvGeometry& g, const float* kernel) {
   auto filters = std::make_unique<DxFilters>();
-  // With few input channels the adjoint conv is a thin GEMV; the scatter is cheaper there.
-  constexpr int64_t kMinAdjointChannels = 16;
+  // With few input channels dx is a thin GEMV per pixel, cheaper as a scatter (left empty).
+  constexpr int64_t kMinGatherChannels = 16;
   if (g.transpose) {
     filters->kernel = MakeConvFilter(g, kernel);
-  } else if (g.big_c < kMinAdjointChannels) {
-    // dx by scatter
-  } else if (UnitStride(g)) {
+  } else if (g.big_c >= kMinGatherChannels && UnitStride(g)) {
     filters->adjoint_kernel = AdjointKernel(g, kernel);
     filters->adjoint = MakeConvFilter(AdjointGeometry(g), filters->adjoint_kernel.data());
-  } else {
+  } else if (g.big_c >= kMinGatherChannels) {
     filters->transposed = PackTransposed(g, kernel);
   }
   return filters;
