@@ -265,27 +265,25 @@ void ConvPixels(const float* padded, const std::vector<int64_t>& origins,
   }
 }
 
-void ConvPixelsAnyWidth(int64_t vectors, const float* padded,
-                        const std::vector<int64_t>& origins, const SliceGroups& slices,
-                        const float* filter, int64_t begin, int64_t end, float* out,
-                        int64_t out_stride, __mmask16 last_mask, BlockEpilogue* epilogue) {
-  // Tiles of 6-8 pixels x 1-4 vectors: 8-24 accumulators and few enough patch pointers to
-  // stay in registers.
+// The register tile for a column block of `vectors` x 16 channels: 6-8 pixels, so 8-24
+// accumulators plus few enough patch pointers to stay in registers. Calls
+// visit(TileShape<rows, vectors>{}).
+template <int kRowsValue, int kVectorsValue>
+struct TileShape {
+  static constexpr int kRows = kRowsValue;
+  static constexpr int kVectors = kVectorsValue;
+};
+
+template <typename Visit>
+void WithTileShape(int64_t vectors, Visit visit) {
   switch (vectors) {
-    case 1:
-      return ConvPixels<8, 1>(padded, origins, slices, filter, begin, end, out, out_stride,
-                              last_mask, epilogue);
-    case 2:
-      return ConvPixels<8, 2>(padded, origins, slices, filter, begin, end, out, out_stride,
-                              last_mask, epilogue);
-    case 3:
-      return ConvPixels<8, 3>(padded, origins, slices, filter, begin, end, out, out_stride,
-                              last_mask, epilogue);
-    default:
-      return ConvPixels<6, 4>(padded, origins, slices, filter, begin, end, out, out_stride,
-                              last_mask, epilogue);
+    case 1: return visit(TileShape<8, 1>{});
+    case 2: return visit(TileShape<8, 2>{});
+    case 3: return visit(TileShape<8, 3>{});
+    default: return visit(TileShape<6, 4>{});
   }
 }
+
 
 // Conv^T's output: each big pixel gathers from the small pixels whose patches cover it.
 // Along a big row, the pixels of one stride class (iw = first + m * stride_w) share their
@@ -355,16 +353,6 @@ void TransposeClass(const float* padded, const StrideClass& cls, const float* fi
   }
 }
 
-void TransposeClassAnyWidth(int64_t vectors, const float* padded, const StrideClass& cls,
-                            const float* filter, float* out, __mmask16 last_mask,
-                            BlockEpilogue* epilogue) {
-  switch (vectors) {
-    case 1: return TransposeClass<8, 1>(padded, cls, filter, out, last_mask, epilogue);
-    case 2: return TransposeClass<8, 2>(padded, cls, filter, out, last_mask, epilogue);
-    case 3: return TransposeClass<8, 3>(padded, cls, filter, out, last_mask, epilogue);
-    default: return TransposeClass<6, 4>(padded, cls, filter, out, last_mask, epilogue);
-  }
-}
 
 // Per column block epilogues for a filter; empty when there is no epilogue.
 std::vector<BlockEpilogue> BlockEpilogues(const PackedFilter& filter,
@@ -480,9 +468,13 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
     for (int64_t q = 0; q < pixels; q += kPassPixels) {
       const int64_t q_end = std::min(pixels, q + kPassPixels);
       for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-        ConvPixelsAnyWidth(filter.block_stride(b) / 16, padded.data(), origins, slices[b],
-                           filter.block(b), q, q_end, out + filter.block_col(b), g.small_c,
-                           TailMask(filter.block_width(b)), BlockEpilogueAt(epilogues, b));
+        WithTileShape(filter.block_stride(b) / 16, [&](auto tile) {
+          using Tile = decltype(tile);
+          ConvPixels<Tile::kRows, Tile::kVectors>(
+              padded.data(), origins, slices[b], filter.block(b), q, q_end,
+              out + filter.block_col(b), g.small_c, TailMask(filter.block_width(b)),
+              BlockEpilogueAt(epilogues, b));
+        });
       }
       on_rows(out + q * g.small_c, q_end - q);
     }
@@ -509,10 +501,12 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
         for (int64_t phase_w = 0; phase_w < g.stride_w; ++phase_w) {
           MakeStrideClass(g, shape, padded.row_floats(), phase_h, phase_w, row, row_end, &cls);
           for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-            TransposeClassAnyWidth(filter.block_stride(b) / 16, padded.data(), cls,
-                                   filter.block(b), out + filter.block_col(b),
-                                   TailMask(filter.block_width(b)),
-                                   BlockEpilogueAt(epilogues, b));
+            WithTileShape(filter.block_stride(b) / 16, [&](auto tile) {
+              using Tile = decltype(tile);
+              TransposeClass<Tile::kRows, Tile::kVectors>(
+                  padded.data(), cls, filter.block(b), out + filter.block_col(b),
+                  TailMask(filter.block_width(b)), BlockEpilogueAt(epilogues, b));
+            });
           }
         }
       }

@@ -138,12 +138,45 @@ std::unique_ptr<ZConv> MakeZConv(const ConvGeometry& g, const float* kernel) {
   return z_conv;
 }
 
-// out rows [first image, end image) of `conv` = im2col(in) x matrix; on_rows sees each tile.
+// y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
+float ApplyEpilogue(float* __restrict z, int64_t rows, int64_t channels,
+                    const float* __restrict scale, const float* __restrict shift, float slope) {
+  // One probe per channel: a single running float sum would be a serial dependency that
+  // keeps the loop from vectorising.
+  std::vector<float> probes(channels, 0.0f);
+  float* __restrict probe = probes.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* __restrict row = z + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float u = row[c] * scale[c] + shift[c];
+      probe[c] += u - u;  // 0 for finite u, NaN otherwise
+      row[c] = u > 0.0f ? u : u * slope;
+    }
+  }
+  float total = 0.0f;
+  for (int64_t c = 0; c < channels; ++c) total += probe[c];
+  return total;
+}
+
+// Applies `epilogue` (if any) to rows the GEMM paths computed, then hands them to on_rows.
+template <typename OnRows>
+void FinishRows(TileEpilogue* epilogue, int64_t channels, float* rows, int64_t count,
+                OnRows& on_rows) {
+  if (epilogue != nullptr) {
+    epilogue->probe += ApplyEpilogue(rows, count, channels, epilogue->scale, epilogue->shift,
+                                     epilogue->negative_slope);
+  }
+  on_rows(rows, count);
+}
+
+// out rows [first image, end image) of `conv` = conv(in); on_rows sees each finished run of
+// rows, after `epilogue` (if any) made them y.
 template <typename OnRows>
 void ConvRows(const ConvGeometry& conv, const float* in, const ConvFilter& filter,
-              int64_t first, int64_t end, Scratch* cols, float* out, OnRows on_rows) {
+              int64_t first, int64_t end, Scratch* cols, float* out, OnRows on_rows,
+              TileEpilogue* epilogue = nullptr) {
   if (filter.packed) {
-    DirectConv(conv, in, *filter.packed, first, end, out, on_rows);
+    DirectConv(conv, in, *filter.packed, first, end, out, on_rows, epilogue);
     return;
   }
   const float* matrix = filter.matrix;
@@ -154,7 +187,7 @@ void ConvRows(const ConvGeometry& conv, const float* in, const ConvFilter& filte
     float* out_rows = out + s * conv.small_c;
     Gemm(false, false, rows, conv.small_c, patch, 1.0f, cols->data(), patch, matrix,
          conv.small_c, 0.0f, out_rows, conv.small_c);
-    on_rows(out_rows, rows);
+    FinishRows(epilogue, conv.small_c, out_rows, rows, on_rows);
   });
 }
 
@@ -185,26 +218,6 @@ void AccumulateMoments(const float* __restrict z, int64_t rows, int64_t channels
   }
 }
 
-// y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
-float ApplyEpilogue(float* __restrict z, int64_t rows, int64_t channels,
-                    const float* __restrict scale, const float* __restrict shift, float slope) {
-  // One probe per channel: a single running float sum would be a serial dependency that
-  // keeps the loop from vectorising.
-  std::vector<float> probes(channels, 0.0f);
-  float* __restrict probe = probes.data();
-  for (int64_t r = 0; r < rows; ++r) {
-    float* __restrict row = z + r * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      const float u = row[c] * scale[c] + shift[c];
-      probe[c] += u - u;  // 0 for finite u, NaN otherwise
-      row[c] = u > 0.0f ? u : u * slope;
-    }
-  }
-  float total = 0.0f;
-  for (int64_t c = 0; c < channels; ++c) total += probe[c];
-  return total;
-}
-
 // Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
 // sees each finished run of z rows while it is still in cache. With an `epilogue`, the rows
 // are y: the direct kernels apply it in registers, the GEMM paths to each run.
@@ -212,20 +225,8 @@ template <typename OnRows>
 void ComputeZ(const ConvGeometry& g, const ZConv& z_conv, const float* x, const float* kernel,
               int64_t first, int64_t end, Scratch* cols, float* z, OnRows on_rows,
               TileEpilogue* epilogue = nullptr) {
-  const int64_t channels = g.z_channels();
-  auto rows_done = [&](float* rows, int64_t count) {
-    if (epilogue != nullptr) {
-      epilogue->probe += ApplyEpilogue(rows, count, channels, epilogue->scale, epilogue->shift,
-                                       epilogue->negative_slope);
-    }
-    on_rows(rows, count);
-  };
   if (!g.transpose || UnitStride(g)) {
-    if (z_conv.filter.packed) {
-      DirectConv(z_conv.conv, x, *z_conv.filter.packed, first, end, z, on_rows, epilogue);
-    } else {
-      ConvRows(z_conv.conv, x, z_conv.filter, first, end, cols, z, rows_done);
-    }
+    ConvRows(z_conv.conv, x, z_conv.filter, first, end, cols, z, on_rows, epilogue);
     return;
   }
   if (z_conv.transposed) {
@@ -242,7 +243,7 @@ void ComputeZ(const ConvGeometry& g, const ZConv& z_conv, const float* x, const 
          g.small_c, 0.0f, cols->data(), patch);
     Col2ImAdd(g, cols->data(), s, rows, z);
   });
-  rows_done(z_block, block_rows);
+  FinishRows(epilogue, g.big_c, z_block, block_rows, on_rows);
 }
 
 // Sums a [count, length] array of per-task partials into out[length].
@@ -477,7 +478,9 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
         p.training ? static_cast<float>(-terms->dz_du[c] * totals[channels + c] / count) : 0.f;
   }
   const int64_t kernel_size = g.patch_size() * g.small_c;
-  const std::unique_ptr<DxFilters> dx_filters = MakeDxFilters(g, kernel);
+  // Nothing to pack when the caller does not want dx.
+  const std::unique_ptr<DxFilters> dx_filters =
+      dx != nullptr ? MakeDxFilters(g, kernel) : std::make_unique<DxFilters>();
   std::vector<float> kernel_partials(blocks.count * kernel_size, 0.0f);
   runtime.run_tasks(blocks.count, [&](int64_t b) {
     ConvBackwardBlock(g, pre, x, kernel, *dx_filters, blocks.begin(b), blocks.end(b), dx,

@@ -1,6 +1,5 @@
 #include "parallel.h"
 
-#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -13,13 +12,10 @@ TaskRunner StdThreadRunner(int num_threads) {
       for (int64_t task = 0; task < num_tasks; ++task) fn(task);
       return;
     }
-    std::atomic<int64_t> next_task{0};
-    auto drain = [&]() {
-      for (int64_t task = next_task++; task < num_tasks; task = next_task++) fn(task);
-    };
+    TaskQueue queue(num_tasks, fn);
     std::vector<std::thread> threads;
-    for (int64_t i = 1; i < workers; ++i) threads.emplace_back(drain);
-    drain();
+    for (int64_t i = 1; i < workers; ++i) threads.emplace_back([&queue] { queue.Drain(); });
+    queue.Drain();
     for (auto& thread : threads) thread.join();
   };
 }

@@ -1,6 +1,5 @@
 // CPU OpKernels of the fused op and its gradient: check inputs, allocate, call the kernels.
 #include <algorithm>
-#include <atomic>
 #include <string>
 #include <vector>
 
@@ -28,21 +27,17 @@ Runtime RuntimeFor(OpKernelContext* ctx) {
   TaskRunner run = [pool, threads](int64_t num_tasks, const std::function<void(int64_t)>& fn) {
     // The calling thread works too, so ask the pool for one thread fewer than it has: the
     // pool's ParallelFor would run its shards on every pool thread *and* the caller, more
-    // threads than cores, and a preempted shard holds up the whole op. Tasks are pulled from a
-    // counter, so a thread that another op holds up simply takes fewer of them.
-    std::atomic<int64_t> next{0};
-    auto work = [&] {
-      for (int64_t task = next++; task < num_tasks; task = next++) fn(task);
-    };
+    // threads than cores, and a preempted shard holds up the whole op.
+    TaskQueue queue(num_tasks, fn);
     const int helpers = static_cast<int>(std::min<int64_t>(threads - 1, num_tasks - 1));
     tensorflow::BlockingCounter done(std::max(helpers, 0));
     for (int i = 0; i < helpers; ++i) {
       pool->Schedule([&] {
-        work();
+        queue.Drain();
         done.DecrementCount();
       });
     }
-    work();
+    queue.Drain();
     done.Wait();
   };
   return {run, threads};
