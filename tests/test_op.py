@@ -41,6 +41,8 @@ AWKWARD = [
     (1, 5, 6, 3, 2, 3, 2, "valid", True),      # transposed VALID, k > s
     (2, 4, 5, 2, 3, 1, 2, "valid", True),      # transposed VALID, k < s
     (3, 6, 5, 3, 1, 5, 1, "same", True),       # transposed, one filter
+    (1, 37, 35, 3, 5, 3, 1, "same", False),    # image copied in bands, short last band
+    (2, 61, 53, 2, 4, 5, 2, "valid", False),   # bands of a strided VALID conv
 ]
 ALL_SHAPES = FASHION_BLOCKS + CARTOON_BLOCKS + AWKWARD
 
@@ -304,6 +306,18 @@ def test_non_finite_input_raises_instead_of_propagating(rng, bad, training):
     inputs = make_inputs(rng, GOOD)
     inputs["x"][1, 3, 4, 2] = bad
     with pytest.raises(tf.errors.InvalidArgumentError, match="x contains NaN or Inf"):
+        call_op(inputs, impl="native", training=training)
+
+
+@pytest.mark.parametrize("field, index, training", [
+    ("kernel", (2, 1, 0, 3), True), ("gamma", (1,), True), ("beta", (3,), False),
+    ("moving_mean", (0,), False), ("moving_variance", (2,), False),
+])
+def test_non_finite_parameter_is_named(rng, field, index, training):
+    needs_native()
+    inputs = make_inputs(rng, GOOD)
+    inputs[field][index] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"{field} contains NaN or Inf"):
         call_op(inputs, impl="native", training=training)
 
 

@@ -50,8 +50,9 @@ __mmask16 TailMask(int64_t width) {
   return tail == 0 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << tail) - 1);
 }
 
-// A run of whole NHWC images copied into a zero-bordered buffer, so that every tap of every
-// tile reads memory without a bounds check.
+// NHWC images copied into a zero-bordered buffer, so that every tap of every tile reads
+// memory without a bounds check. Either whole images or a band of one image's rows: a big
+// image is copied a band at a time, so the copy stays in L2 while the tiles read it.
 struct PaddedShape {
   int64_t height, width, channels;  // the image's
   int64_t pad_top, pad_left;        // zeros before it
@@ -60,22 +61,25 @@ struct PaddedShape {
 
 class PaddedImages {
  public:
-  PaddedImages(const PaddedShape& shape, int64_t max_images) : shape_(shape) {
-    buffer_.Reserve(max_images * image_floats());
+  PaddedImages(const PaddedShape& shape, int64_t max_floats) : shape_(shape) {
+    buffer_.Reserve(max_floats);
   }
 
-  int64_t image_floats() const { return shape_.padded_height * row_floats(); }
+  int64_t image_floats() const { return rows_ * row_floats(); }
   int64_t row_floats() const { return shape_.padded_width * shape_.channels; }
   const float* data() const { return buffer_.data(); }
 
-  void Fill(const float* images, int64_t first_image, int64_t count) {
+  // Padded rows [row_begin, row_end) of `count` images from first_image.
+  void Fill(const float* images, int64_t first_image, int64_t count, int64_t row_begin,
+            int64_t row_end) {
     const PaddedShape& s = shape_;
     const int64_t c = s.channels;
+    rows_ = row_end - row_begin;
     for (int64_t i = 0; i < count; ++i) {
       const float* image = images + (first_image + i) * s.height * s.width * c;
       float* padded = buffer_.data() + i * image_floats();
-      for (int64_t h = 0; h < s.padded_height; ++h) {
-        float* row = padded + h * row_floats();
+      for (int64_t h = row_begin; h < row_end; ++h) {
+        float* row = padded + (h - row_begin) * row_floats();
         const int64_t ih = h - s.pad_top;
         if (ih < 0 || ih >= s.height) {
           std::memset(row, 0, sizeof(float) * row_floats());
@@ -89,9 +93,14 @@ class PaddedImages {
     }
   }
 
+  void FillImages(const float* images, int64_t first_image, int64_t count) {
+    Fill(images, first_image, count, 0, shape_.padded_height);
+  }
+
  private:
   PaddedShape shape_;
   Scratch buffer_;
+  int64_t rows_ = 0;  // padded rows per image in the buffer
 };
 
 // The big image padded so that every tap of every small pixel lands inside (rows/columns the
@@ -106,13 +115,29 @@ PaddedShape PaddedBig(const ConvGeometry& g) {
           std::max(g.big_w + g.pad_left, (g.small_w - 1) * g.stride_w + g.kernel_w)};
 }
 
-// Offset of small pixel q's patch origin (tap 0, channel 0) in the padded big images; q
-// counts across the images.
-void PatchOrigins(const ConvGeometry& g, const PaddedImages& padded, int64_t images,
+// A piece of the small images computed from one padded copy: whole images when they are
+// small, else a band of one image's rows; about kPassPixels small pixels either way.
+struct Chunk {
+  int64_t image, images;  // first image and how many
+  int64_t row, rows;      // small rows of each image
+  int64_t pixels(const ConvGeometry& g) const { return images * rows * g.small_w; }
+  // Offset of its first small pixel in the batch.
+  int64_t first_pixel(const ConvGeometry& g) const {
+    return image * g.small_pixels() + row * g.small_w;
+  }
+  // The padded big rows its patches read.
+  int64_t padded_begin(const ConvGeometry& g) const { return row * g.stride_h; }
+  int64_t padded_end(const ConvGeometry& g) const {
+    return (row + rows - 1) * g.stride_h + g.kernel_h;
+  }
+};
+
+// Offset of each small pixel's patch origin (tap 0, channel 0) in the padded copy of `chunk`.
+void PatchOrigins(const ConvGeometry& g, const PaddedImages& padded, const Chunk& chunk,
                   std::vector<int64_t>* origins) {
   origins->clear();
-  for (int64_t i = 0; i < images; ++i) {
-    for (int64_t oh = 0; oh < g.small_h; ++oh) {
+  for (int64_t i = 0; i < chunk.images; ++i) {
+    for (int64_t oh = 0; oh < chunk.rows; ++oh) {
       const int64_t row = i * padded.image_floats() + oh * g.stride_h * padded.row_floats();
       for (int64_t ow = 0; ow < g.small_w; ++ow) {
         origins->push_back(row + ow * g.stride_w * g.big_c);
@@ -121,10 +146,52 @@ void PatchOrigins(const ConvGeometry& g, const PaddedImages& padded, int64_t ima
   }
 }
 
-// Images per chunk: enough small pixels that the last, partly filled tile costs little.
-int64_t ChunkImages(const ConvGeometry& g, int64_t remaining) {
-  const int64_t wanted = (kPassPixels + g.small_pixels() - 1) / g.small_pixels();
-  return std::min(remaining, std::max<int64_t>(1, wanted));
+// Small images in chunks of about kPassPixels pixels: runs of whole images, or bands of rows
+// when one image has more pixels than that.
+int64_t ImagesPerChunk(const ConvGeometry& g) {
+  return std::max<int64_t>(1, kPassPixels / std::max<int64_t>(1, g.small_pixels()));
+}
+
+std::vector<Chunk> Chunks(const ConvGeometry& g, int64_t first, int64_t end) {
+  std::vector<Chunk> chunks;
+  if (g.small_pixels() > kPassPixels) {
+    const int64_t band = std::max<int64_t>(1, kPassPixels / g.small_w);
+    for (int64_t image = first; image < end; ++image) {
+      for (int64_t row = 0; row < g.small_h; row += band) {
+        chunks.push_back({image, 1, row, std::min(band, g.small_h - row)});
+      }
+    }
+    return chunks;
+  }
+  const int64_t per_chunk = ImagesPerChunk(g);
+  for (int64_t image = first; image < end; image += per_chunk) {
+    chunks.push_back({image, std::min(per_chunk, end - image), 0, g.small_h});
+  }
+  return chunks;
+}
+
+// The padded buffer's size for the largest of `chunks`.
+int64_t PaddedFloats(const ConvGeometry& g, const PaddedShape& shape,
+                     const std::vector<Chunk>& chunks) {
+  int64_t floats = 0;
+  for (const Chunk& chunk : chunks) {
+    const int64_t rows = chunk.images == 1
+                             ? chunk.padded_end(g) - chunk.padded_begin(g)
+                             : shape.padded_height;
+    floats = std::max(floats, chunk.images * rows * shape.padded_width * shape.channels);
+  }
+  return floats;
+}
+
+// Copies what `chunk` reads into `padded` and finds its patch origins.
+void FillChunk(const ConvGeometry& g, const float* big, const Chunk& chunk,
+               PaddedImages* padded, std::vector<int64_t>* origins) {
+  if (chunk.images == 1) {
+    padded->Fill(big, chunk.image, 1, chunk.padded_begin(g), chunk.padded_end(g));
+  } else {
+    padded->FillImages(big, chunk.image, chunk.images);
+  }
+  PatchOrigins(g, *padded, chunk, origins);
 }
 
 // One slice of the patch (a run of consecutive floats within one kernel row: kernel_w
@@ -449,22 +516,24 @@ int64_t FilterGradRows(int64_t vectors) { return vectors == 4 ? 6 : 8; }
 
 }  // namespace
 
+int64_t DirectChunkImages(const ConvGeometry& g) { return ImagesPerChunk(g); }
+
 void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& filter,
                 int64_t first, int64_t end, float* small, const RowsCallback& on_rows,
                 TileEpilogue* epilogue) {
   std::vector<BlockEpilogue> epilogues = BlockEpilogues(filter, epilogue);
-  PaddedImages padded(PaddedBig(g), ChunkImages(g, end - first));
+  const PaddedShape shape = PaddedBig(g);
+  const std::vector<Chunk> chunks = Chunks(g, first, end);
+  PaddedImages padded(shape, PaddedFloats(g, shape, chunks));
   std::vector<SliceGroups> slices;
   for (int64_t b = 0; b < filter.num_blocks(); ++b) {
     slices.push_back(PatchSlices(g, padded.row_floats(), filter.block_stride(b)));
   }
   std::vector<int64_t> origins;
-  for (int64_t image = first; image < end;) {
-    const int64_t images = ChunkImages(g, end - image);
-    padded.Fill(big, image, images);
-    PatchOrigins(g, padded, images, &origins);
-    float* out = small + image * g.small_pixels() * g.small_c;
-    const int64_t pixels = images * g.small_pixels();
+  for (const Chunk& chunk : chunks) {
+    FillChunk(g, big, chunk, &padded, &origins);
+    float* out = small + chunk.first_pixel(g) * g.small_c;
+    const int64_t pixels = chunk.pixels(g);
     for (int64_t q = 0; q < pixels; q += kPassPixels) {
       const int64_t q_end = std::min(pixels, q + kPassPixels);
       for (int64_t b = 0; b < filter.num_blocks(); ++b) {
@@ -478,7 +547,6 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
       }
       on_rows(out + q * g.small_c, q_end - q);
     }
-    image += images;
   }
   if (epilogue != nullptr) FinishEpilogues(epilogues, epilogue);
 }
@@ -488,12 +556,12 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
                          const RowsCallback& on_rows, TileEpilogue* epilogue) {
   std::vector<BlockEpilogue> epilogues = BlockEpilogues(filter, epilogue);
   const PaddedShape shape = PaddedSmall(g);
-  PaddedImages padded(shape, 1);
+  PaddedImages padded(shape, shape.padded_height * shape.padded_width * shape.channels);
   StrideClass cls;
   // Bands of whole rows, about a pass of pixels each, so on_rows sees them while in cache.
   const int64_t band_rows = std::max<int64_t>(1, kPassPixels / g.big_w);
   for (int64_t image = first; image < end; ++image) {
-    padded.Fill(small, image, 1);
+    padded.FillImages(small, image, 1);
     float* out = big + image * g.big_pixels() * g.big_c;
     for (int64_t row = 0; row < g.big_h; row += band_rows) {
       const int64_t row_end = std::min(g.big_h, row + band_rows);
@@ -518,17 +586,17 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
 
 void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,
                       int64_t first, int64_t end, float* dfilter) {
-  PaddedImages padded(PaddedBig(g), ChunkImages(g, end - first));
+  const PaddedShape shape = PaddedBig(g);
+  const std::vector<Chunk> chunks = Chunks(g, first, end);
+  PaddedImages padded(shape, PaddedFloats(g, shape, chunks));
   std::vector<int64_t> origins;
   const int64_t cols = g.small_c;
   // Each kernel row's taps x channels are contiguous in the padded image and in dfilter.
   const int64_t span = g.kernel_w * g.big_c;
-  for (int64_t image = first; image < end;) {
-    const int64_t images = ChunkImages(g, end - image);
-    padded.Fill(big, image, images);
-    PatchOrigins(g, padded, images, &origins);
-    const float* rows = small + image * g.small_pixels() * cols;
-    const int64_t pixels = images * g.small_pixels();
+  for (const Chunk& chunk : chunks) {
+    FillChunk(g, big, chunk, &padded, &origins);
+    const float* rows = small + chunk.first_pixel(g) * cols;
+    const int64_t pixels = chunk.pixels(g);
     for (int64_t q = 0; q < pixels; q += kGradPassPixels) {
       const int64_t count = std::min(kGradPassPixels, pixels - q);
       for (int64_t col = 0; col < cols; col += PackedFilter::kBlockCols) {
@@ -545,13 +613,14 @@ void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* smal
         }
       }
     }
-    image += images;
   }
 }
 
 #else  // !__AVX512F__
 
 bool DirectConvAvailable() { return false; }
+
+int64_t DirectChunkImages(const ConvGeometry&) { return 1; }
 
 // Callers check DirectConvAvailable() first; reaching these is a bug in the caller.
 void DirectConv(const ConvGeometry&, const float*, const PackedFilter&, int64_t, int64_t,

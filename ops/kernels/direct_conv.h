@@ -19,6 +19,11 @@ namespace pyae {
 // im2col + GEMM otherwise.
 bool DirectConvAvailable();
 
+// Images that DirectConv computes from one padded copy (1 when an image alone fills it): a
+// caller splitting the batch gives each task a multiple of this, so no task ends on a
+// partly filled copy.
+int64_t DirectChunkImages(const ConvGeometry& g);
+
 // A [rows, cols] row-major matrix re-laid out for the direct kernels: column blocks of at most
 // 64, each zero-padded to a multiple of 16 and stored [rows][block width].
 class PackedFilter {

@@ -138,6 +138,15 @@ std::unique_ptr<ZConv> MakeZConv(const ConvGeometry& g, const float* kernel) {
   return z_conv;
 }
 
+// The forward's blocks. On the direct conv path each block is one padded chunk of images:
+// no block ends on a part-filled chunk, and many equal tasks balance across threads that
+// start at different times.
+ImageBlocks ForwardBlocks(const ConvGeometry& g, const ZConv& z_conv, const Runtime& runtime) {
+  if (!z_conv.filter.packed) return MakeBlocks(g, runtime);
+  const int64_t per_block = DirectChunkImages(z_conv.conv);
+  return {(g.batch + per_block - 1) / per_block, g.batch};
+}
+
 // y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
 float ApplyEpilogue(float* __restrict z, int64_t rows, int64_t channels,
                     const float* __restrict scale, const float* __restrict shift, float slope) {
@@ -256,6 +265,17 @@ void SumPartials(const std::vector<T>& partials, int64_t count, int64_t length, 
 }
 
 std::string CheckFinite(const char* name, const float* values, int64_t count) {
+  // A branch-free pass first (v - v is 0 for finite v, NaN otherwise), so the common case
+  // vectorises; only a failed check looks for the element to name.
+  float probe[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    for (int lane = 0; lane < 16; ++lane) probe[lane] += values[i + lane] - values[i + lane];
+  }
+  float total = 0.0f;
+  for (; i < count; ++i) total += values[i] - values[i];
+  for (float lane : probe) total += lane;
+  if (total == 0.0f) return "";
   for (int64_t i = 0; i < count; ++i) {
     if (!std::isfinite(values[i])) {
       std::ostringstream err;
@@ -510,8 +530,8 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
   std::string err = CheckParameters(p, kernel, gamma, beta);
   if (!err.empty()) return err;
   const int64_t channels = g.z_channels();
-  const ImageBlocks blocks = MakeBlocks(g, runtime);
   const std::unique_ptr<ZConv> z_conv = MakeZConv(g, kernel);
+  const ImageBlocks blocks = ForwardBlocks(g, *z_conv, runtime);
   std::vector<float> scale(channels), shift(channels);
   auto set_affine = [&](const float* mean, const float* variance) {
     for (int64_t c = 0; c < channels; ++c) {
