@@ -15,22 +15,27 @@
 namespace pyae {
 namespace {
 
-// Images split into one contiguous range per task, so col2im never races between tasks.
+// Images split into one contiguous range per task, so col2im never races between tasks:
+// `count` ranges of `size` images (the last one shorter).
 struct ImageBlocks {
   int64_t count;
   int64_t batch;
-  int64_t begin(int64_t block) const { return block * batch / count; }
-  int64_t end(int64_t block) const { return (block + 1) * batch / count; }
+  int64_t size;
+  int64_t begin(int64_t block) const { return std::min(batch, block * size); }
+  int64_t end(int64_t block) const { return std::min(batch, (block + 1) * size); }
 };
+
+ImageBlocks BlocksOf(int64_t batch, int64_t size) {
+  return {(batch + size - 1) / size, batch, size};
+}
 
 // A few blocks per thread, so a thread that another op holds up does not leave the rest of
 // the op waiting on its one large block.
 constexpr int64_t kBlocksPerThread = 4;
 
 ImageBlocks MakeBlocks(const ConvGeometry& g, const Runtime& runtime) {
-  const int64_t count = std::max<int64_t>(
-      1, std::min<int64_t>(g.batch, kBlocksPerThread * runtime.num_threads));
-  return {count, g.batch};
+  const int64_t wanted = std::max<int64_t>(1, kBlocksPerThread * runtime.num_threads);
+  return BlocksOf(g.batch, (g.batch + wanted - 1) / wanted);
 }
 
 // Tiles of small-image pixels sized so their patch matrix (~1 MiB) stays in L2.
@@ -138,13 +143,20 @@ std::unique_ptr<ZConv> MakeZConv(const ConvGeometry& g, const float* kernel) {
   return z_conv;
 }
 
-// The forward's blocks. On the direct conv path each block is one padded chunk of images:
-// no block ends on a part-filled chunk, and many equal tasks balance across threads that
-// start at different times.
+// The forward's blocks. On the direct conv path each block is a whole number of padded
+// chunks, so no block ends on a part-filled one, and there are up to twice as many blocks as
+// MakeBlocks makes: equal small tasks balance across threads that start at different times.
+// A batch of few chunks is split as MakeBlocks splits it.
 ImageBlocks ForwardBlocks(const ConvGeometry& g, const ZConv& z_conv, const Runtime& runtime) {
   if (!z_conv.filter.packed) return MakeBlocks(g, runtime);
-  const int64_t per_block = DirectChunkImages(z_conv.conv);
-  return {(g.batch + per_block - 1) / per_block, g.batch};
+  const int64_t chunk = DirectChunkImages(z_conv.conv);
+  const int64_t chunks = (g.batch + chunk - 1) / chunk;
+  const int64_t wanted = std::max<int64_t>(1, 2 * kBlocksPerThread * runtime.num_threads);
+  if (chunks >= kBlocksPerThread * runtime.num_threads) {
+    return BlocksOf(g.batch, chunk * ((chunks + wanted - 1) / wanted));
+  }
+  // Too few chunks to balance: blocks of part-filled chunks instead.
+  return MakeBlocks(g, runtime);
 }
 
 // y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
