@@ -245,18 +245,27 @@ def sync(outputs):
 # ----------------------------------------------------------------------------- measuring
 
 
-def time_step(step, repeats, warmup):
-    """Median seconds of one call, after ``warmup`` calls (the first one traces/compiles)."""
-    for _ in range(warmup):
-        sync(step())
-    seconds = []
-    while len(seconds) < repeats:
-        start = time.perf_counter()
-        sync(step())
-        seconds.append(time.perf_counter() - start)
-        if len(seconds) >= MIN_REPEATS and sum(seconds) > REPEAT_BUDGET_S:
+def time_steps(steps, repeats, warmup):
+    """Median seconds of one call for each of ``steps`` (name -> step), timed interleaved.
+
+    One call of each step per round, the order reversed every other round, so a slow spell
+    of the machine lands on every step alike instead of on whichever ran then. After
+    ``warmup`` calls each (the first one traces/compiles).
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            sync(step())
+    seconds = {name: [] for name in steps}
+    order = list(steps.items())
+    for round_index in range(repeats):
+        for name, step in order if round_index % 2 == 0 else reversed(order):
+            start = time.perf_counter()
+            sync(step())
+            seconds[name].append(time.perf_counter() - start)
+        spent = sum(sum(values) for values in seconds.values())
+        if round_index + 1 >= MIN_REPEATS and spent > REPEAT_BUDGET_S * len(steps):
             break
-    return statistics.median(seconds)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def allocator_peak_mb(step, iterations=2):
@@ -388,20 +397,46 @@ class Result:
     error: str = None
 
 
-def run_config(block, config, mode, options):
+def _failed(err):
     result = Result()
-    try:
-        step = build_step(block, config, mode)
-        result.ms = 1e3 * time_step(step, options.repeats, options.warmup)
-        if mode == "train_fwdbwd":
-            result.alloc_mb = allocator_peak_mb(step)
-    except Unavailable as err:
+    if isinstance(err, Unavailable):
         result.skipped = str(err)
-        return result
-    except Exception as err:  # pylint: disable=broad-except
+    else:
         result.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return result
+
+
+def run_mode(block, mode, options):
+    """Results for every config that has ``mode``, the configs timed interleaved."""
+    results, steps = {}, {}
+    for config in CONFIGS:
+        if mode not in CONFIG_MODES[config]:
+            continue
+        try:
+            steps[config] = build_step(block, config, mode)
+        except Exception as err:  # pylint: disable=broad-except
+            results[config] = _failed(err)
+    try:
+        medians = time_steps(steps, options.repeats, options.warmup)
+    except Exception:  # pylint: disable=broad-except
+        # One config failing mid-run must not cost the others: time them one by one.
+        medians = {}
+        for config, step in steps.items():
+            try:
+                medians.update(time_steps({config: step}, options.repeats, options.warmup))
+            except Exception as err:  # pylint: disable=broad-except
+                results[config] = _failed(err)
+    for config, seconds in medians.items():
+        results[config] = _measured(block, config, mode, steps[config], seconds, options)
+    return results
+
+
+def _measured(block, config, mode, step, seconds, options):
+    result = Result(ms=1e3 * seconds)
+    if mode != "train_fwdbwd":
         return result
-    if mode == "train_fwdbwd" and options.rss:
+    result.alloc_mb = allocator_peak_mb(step)
+    if options.rss:
         result.rss_mb, result.rss_first_mb, rss_error = rss_in_subprocess(block, config, mode)
         if rss_error:
             result.error = f"RSS subprocess: {rss_error}"
@@ -412,11 +447,9 @@ def run_all(blocks, options):
     results = {}
     for block in blocks:
         for mode in shapes.MODES:
-            for config in CONFIGS:
-                if mode not in CONFIG_MODES[config]:
-                    continue
-                results[block.id, mode, config] = run_config(block, config, mode, options)
-                _progress(block, mode, config, results[block.id, mode, config])
+            for config, result in run_mode(block, mode, options).items():
+                results[block.id, mode, config] = result
+                _progress(block, mode, config, result)
         gc.collect()
     return results
 
@@ -593,9 +626,10 @@ def header_lines(options, peaks):
         f"(np.copyto, read+write bytes); best of a run before and one after the timings"
         f"{' [given on the command line]' if options.peaks_given else ''}",
         *_build_summary(),
-        f"- timing: median of up to {options.repeats} calls (at least {MIN_REPEATS}, stopping after "
-        f"{REPEAT_BUDGET_S:.0f} s) after {options.warmup} warm-up calls, perf_counter around a "
-        ".numpy()-synchronised call; FLOPs and floors from bench/shapes.py",
+        f"- timing: median of up to {options.repeats} calls per config (at least {MIN_REPEATS}, "
+        f"stopping after {REPEAT_BUDGET_S:.0f} s per config) after {options.warmup} warm-up calls, "
+        "perf_counter around a .numpy()-synchronised call; a block's configs are timed "
+        "interleaved, one call each per round; FLOPs and floors from bench/shapes.py",
     ]
 
 
