@@ -16,17 +16,21 @@ namespace pyae {
 namespace {
 
 // Images split into one contiguous range per task, so col2im never races between tasks:
-// `count` ranges of `size` images (the last one shorter).
+// block b is images [bounds[b], bounds[b + 1]).
 struct ImageBlocks {
-  int64_t count;
-  int64_t batch;
-  int64_t size;
-  int64_t begin(int64_t block) const { return std::min(batch, block * size); }
-  int64_t end(int64_t block) const { return std::min(batch, (block + 1) * size); }
+  std::vector<int64_t> bounds;
+  int64_t count() const { return static_cast<int64_t>(bounds.size()) - 1; }
+  int64_t begin(int64_t block) const { return bounds[block]; }
+  int64_t end(int64_t block) const { return bounds[block + 1]; }
 };
 
 ImageBlocks BlocksOf(int64_t batch, int64_t size) {
-  return {(batch + size - 1) / size, batch, size};
+  ImageBlocks blocks{{0}};
+  for (int64_t image = 0; image < batch;) {
+    image = std::min(batch, image + size);
+    blocks.bounds.push_back(image);
+  }
+  return blocks;
 }
 
 // A few blocks per thread, so a thread that another op holds up does not leave the rest of
@@ -143,20 +147,24 @@ std::unique_ptr<ZConv> MakeZConv(const ConvGeometry& g, const float* kernel) {
   return z_conv;
 }
 
-// The forward's blocks. On the direct conv path each block is a whole number of padded
-// chunks, so no block ends on a part-filled one, and there are up to twice as many blocks as
-// MakeBlocks makes: equal small tasks balance across threads that start at different times.
-// A batch of few chunks is split as MakeBlocks splits it.
+// The forward's blocks on the direct conv path, largest first: each takes half of one
+// thread's share of what is left (whole padded chunks while that is at least one chunk),
+// down to quarter chunks at the end. Tasks are pulled in order, so the threads finish together
+// however late one of them starts: the last tasks are small.
 ImageBlocks ForwardBlocks(const ConvGeometry& g, const ZConv& z_conv, const Runtime& runtime) {
   if (!z_conv.filter.packed) return MakeBlocks(g, runtime);
   const int64_t chunk = DirectChunkImages(z_conv.conv);
-  const int64_t chunks = (g.batch + chunk - 1) / chunk;
-  const int64_t wanted = std::max<int64_t>(1, 2 * kBlocksPerThread * runtime.num_threads);
-  if (chunks >= kBlocksPerThread * runtime.num_threads) {
-    return BlocksOf(g.batch, chunk * ((chunks + wanted - 1) / wanted));
+  const int64_t smallest = std::max<int64_t>(1, chunk / 4);
+  const int64_t share = 2 * std::max(1, runtime.num_threads);
+  ImageBlocks blocks{{0}};
+  for (int64_t image = 0; image < g.batch;) {
+    const int64_t left = g.batch - image;
+    int64_t size = (left + share - 1) / share;
+    size = size >= chunk ? size / chunk * chunk : std::max(smallest, size);
+    image += std::min(size, left);
+    blocks.bounds.push_back(image);
   }
-  // Too few chunks to balance: blocks of part-filled chunks instead.
-  return MakeBlocks(g, runtime);
+  return blocks;
 }
 
 // y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
@@ -488,15 +496,15 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
   const ConvGeometry& g = p.geometry;
   const int64_t channels = g.z_channels();
   const ImageBlocks blocks = MakeBlocks(g, runtime);
-  std::vector<double> sums(blocks.count * channels * 2, 0.0);
-  runtime.run_tasks(blocks.count, [&](int64_t b) {
+  std::vector<double> sums(blocks.count() * channels * 2, 0.0);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
     double* sum_du = sums.data() + b * channels * 2;
     AccumulateGradSums(pre, blocks.begin(b) * g.z_pixels(),
                        (blocks.end(b) - blocks.begin(b)) * g.z_pixels(), channels, sum_du,
                        sum_du + channels);
   });
   std::vector<double> totals(channels * 2);
-  SumPartials(sums, blocks.count, channels * 2, totals.data());
+  SumPartials(sums, blocks.count(), channels * 2, totals.data());
   const double count = static_cast<double>(g.batch * g.z_pixels());
   for (int64_t c = 0; c < channels; ++c) {
     dbeta[c] = static_cast<float>(totals[c]);
@@ -513,12 +521,12 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
   // Nothing to pack when the caller does not want dx.
   const std::unique_ptr<DxFilters> dx_filters =
       dx != nullptr ? MakeDxFilters(g, kernel) : std::make_unique<DxFilters>();
-  std::vector<float> kernel_partials(blocks.count * kernel_size, 0.0f);
-  runtime.run_tasks(blocks.count, [&](int64_t b) {
+  std::vector<float> kernel_partials(blocks.count() * kernel_size, 0.0f);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
     ConvBackwardBlock(g, pre, x, kernel, *dx_filters, blocks.begin(b), blocks.end(b), dx,
                       kernel_partials.data() + b * kernel_size);
   });
-  SumPartials(kernel_partials, blocks.count, kernel_size, dkernel);
+  SumPartials(kernel_partials, blocks.count(), kernel_size, dkernel);
   return "";
 }
 
@@ -551,13 +559,13 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
       shift[c] = beta[c] - mean[c] * scale[c];
     }
   };
-  std::vector<float> probes(blocks.count, 0.0f);
+  std::vector<float> probes(blocks.count(), 0.0f);
   if (!p.training) {
     err = CheckFinite("moving_mean", moving_mean, channels);
     if (err.empty()) err = CheckFinite("moving_variance", moving_variance, channels);
     if (!err.empty()) return err;
     set_affine(moving_mean, moving_variance);
-    runtime.run_tasks(blocks.count, [&](int64_t b) {
+    runtime.run_tasks(blocks.count(), [&](int64_t b) {
       Scratch cols;
       TileEpilogue epilogue{scale.data(), shift.data(), p.negative_slope};
       ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
@@ -571,8 +579,8 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
     std::memcpy(variance_out, moving_variance, sizeof(float) * channels);
     return "";
   }
-  std::vector<double> moments(blocks.count * channels * 2, 0.0);
-  runtime.run_tasks(blocks.count, [&](int64_t b) {
+  std::vector<double> moments(blocks.count() * channels * 2, 0.0);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
     Scratch cols;
     double* sum = moments.data() + b * channels * 2;
     ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
@@ -581,7 +589,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
              });
   });
   std::vector<double> totals(channels * 2);
-  SumPartials(moments, blocks.count, channels * 2, totals.data());
+  SumPartials(moments, blocks.count(), channels * 2, totals.data());
   const double count = static_cast<double>(g.batch * g.z_pixels());
   for (int64_t c = 0; c < channels; ++c) {
     const double mean = totals[c] / count;
@@ -591,7 +599,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
     variance_out[c] = static_cast<float>(variance);
   }
   set_affine(mean_out, variance_out);
-  runtime.run_tasks(blocks.count, [&](int64_t b) {
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
     const int64_t rows = (blocks.end(b) - blocks.begin(b)) * g.z_pixels();
     ApplyEpilogue(y + blocks.begin(b) * g.z_pixels() * channels, rows, channels, scale.data(),
                   shift.data(), p.negative_slope);
@@ -629,7 +637,7 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
   Scratch z(g.batch * g.z_pixels() * channels);
   const std::unique_ptr<ZConv> z_conv = MakeZConv(g, kernel);
   const ImageBlocks blocks = MakeBlocks(g, runtime);
-  runtime.run_tasks(blocks.count, [&](int64_t b) {
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
     Scratch cols;
     ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, z.data(),
              [](float*, int64_t) {});
