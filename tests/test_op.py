@@ -43,6 +43,7 @@ AWKWARD = [
     (3, 6, 5, 3, 1, 5, 1, "same", True),       # transposed, one filter
     (1, 37, 35, 3, 5, 3, 1, "same", False),    # image copied in bands, short last band
     (2, 61, 53, 2, 4, 5, 2, "valid", False),   # bands of a strided VALID conv
+    (2, 3, 2, 4, 3, 5, 1, "same", False),      # kernel larger than the image
 ]
 ALL_SHAPES = FASHION_BLOCKS + CARTOON_BLOCKS + AWKWARD
 

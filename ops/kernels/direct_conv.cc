@@ -184,15 +184,14 @@ int64_t PaddedFloats(const ConvGeometry& g, const PaddedShape& shape,
   return floats;
 }
 
-// Copies what `chunk` reads into `padded` and finds its patch origins.
+// Copies what `chunk` reads into `padded`.
 void FillChunk(const ConvGeometry& g, const float* big, const Chunk& chunk,
-               PaddedImages* padded, std::vector<int64_t>* origins) {
+               PaddedImages* padded) {
   if (chunk.images == 1) {
     padded->Fill(big, chunk.image, 1, chunk.padded_begin(g), chunk.padded_end(g));
   } else {
     padded->FillImages(big, chunk.image, chunk.images);
   }
-  PatchOrigins(g, *padded, chunk, origins);
 }
 
 // The part of the big images a chunk's patches read: one contiguous range of whole rows.
@@ -316,26 +315,49 @@ void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slic
   }
 }
 
-// The patch as groups of slices, each group's filter rows (at most kL1FilterBytes) read by
-// every tile of a pass from L1; a small filter is one group, so its tiles never reload their
-// accumulators.
+// The kernel taps of a small pixel that land inside the big image rather than in its zero
+// padding: kernel rows [kh_begin, kh_end) and columns [kw_begin, kw_end). Pixels at the
+// border skip the rest, as a conv over the unpadded image would (a 7x7 image at kernel 3
+// spends 18% of its multiplies on padding otherwise).
+struct ValidTaps {
+  int64_t kh_begin, kh_end, kw_begin, kw_end;
+  bool operator==(const ValidTaps& other) const {
+    return kh_begin == other.kh_begin && kh_end == other.kh_end &&
+           kw_begin == other.kw_begin && kw_end == other.kw_end;
+  }
+};
+
+// Taps [begin, end) of a kernel placed at `origin` (padded coordinates) that fall on the image.
+std::pair<int64_t, int64_t> InsideTaps(int64_t origin, int64_t pad, int64_t size,
+                                       int64_t kernel) {
+  const int64_t begin = std::min(kernel, std::max<int64_t>(0, pad - origin));
+  const int64_t end = std::max(begin, std::min(kernel, pad + size - origin));
+  return {begin, end};
+}
+
+// The valid taps as groups of slices (runs of consecutive floats within one kernel row:
+// taps x channels are contiguous in both the padded image and the filter), each group's
+// filter rows (at most kL1FilterBytes) read by every tile from L1; a small filter is one
+// group, so its tiles never reload their accumulators.
 using SliceGroups = std::vector<std::vector<PatchSlice>>;
 
-SliceGroups PatchSlices(const ConvGeometry& g, int64_t padded_row_floats,
-                        int64_t filter_stride) {
+SliceGroups PatchSlices(const ConvGeometry& g, const ValidTaps& taps,
+                        int64_t padded_row_floats, int64_t filter_stride) {
   constexpr int64_t kL1FilterBytes = 24 * 1024;
   const int64_t span = g.kernel_w * g.big_c;
+  const int64_t first = taps.kw_begin * g.big_c;
+  const int64_t length_in_row = (taps.kw_end - taps.kw_begin) * g.big_c;
   const int64_t max_length = std::max<int64_t>(
       1, kL1FilterBytes / static_cast<int64_t>(sizeof(float) * filter_stride));
   SliceGroups groups(1);
   int64_t group_length = 0;
-  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-    for (int64_t s = 0; s < span;) {
+  for (int64_t kh = taps.kh_begin; kh < taps.kh_end; ++kh) {
+    for (int64_t s = first; s < first + length_in_row;) {
       if (group_length == max_length) {
         groups.emplace_back();
         group_length = 0;
       }
-      const int64_t length = std::min(max_length - group_length, span - s);
+      const int64_t length = std::min(max_length - group_length, first + length_in_row - s);
       groups.back().push_back({kh * padded_row_floats + s, kh * span + s, length});
       group_length += length;
       s += length;
@@ -344,26 +366,135 @@ SliceGroups PatchSlices(const ConvGeometry& g, int64_t padded_row_floats,
   return groups;
 }
 
-// Small pixels [begin, end) of a chunk against one column block of the filter.
+// Tiles of kRows pixels from a list (patch origins in `padded`, output rows at `at` from
+// `out`) against one column block of the filter, group after group of slices.
+// With `row_stride` > 0 the output rows are consecutive, at[m] + r * row_stride: the tile's
+// offsets stay fixed and only its base moves (small patches feel the difference).
 template <int kRows, int kVectors>
-void ConvPixels(const float* padded, const std::vector<int64_t>& origins,
-                const SliceGroups& groups, const float* filter, int64_t begin,
-                int64_t end, float* out, int64_t out_stride, __mmask16 last_mask,
-                BlockEpilogue* epilogue, Prefetcher* prefetch) {
+void ListTiles(const float* padded, const std::vector<int64_t>& origins,
+               const std::vector<int64_t>& at, int64_t row_stride, const SliceGroups& groups,
+               const float* filter, float* out, __mmask16 last_mask, BlockEpilogue* epilogue,
+               Prefetcher* prefetch) {
   int64_t tile_origin[kRows], tile_at[kRows];
-  for (int r = 0; r < kRows; ++r) tile_at[r] = r * out_stride;
+  for (int r = 0; r < kRows; ++r) tile_at[r] = r * row_stride;
+  const int64_t pixels = origins.size();
   for (size_t i = 0; i < groups.size(); ++i) {
-    for (int64_t q = begin; q < end; q += kRows) {
-      const int64_t valid = std::min<int64_t>(kRows, end - q);
-      // A short last tile repeats its last pixel rather than reading past the chunk.
+    for (int64_t m = 0; m < pixels; m += kRows) {
+      const int64_t valid = std::min<int64_t>(kRows, pixels - m);
+      // A short last tile repeats its last pixel rather than reading past the list.
       for (int r = 0; r < kRows; ++r) {
-        tile_origin[r] = origins[q + std::min<int64_t>(r, valid - 1)];
+        tile_origin[r] = origins[m + std::min<int64_t>(r, valid - 1)];
+        if (row_stride == 0) tile_at[r] = at[m + std::min<int64_t>(r, valid - 1)];
       }
       ConvTile<kRows, kVectors>(padded, tile_origin, groups[i].data(), groups[i].size(), filter,
-                                i > 0, out + q * out_stride, tile_at, valid, last_mask,
-                                i + 1 == groups.size() ? epilogue : nullptr);
-      prefetch->Step();
+                                i > 0, row_stride == 0 ? out : out + at[m], tile_at, valid,
+                                last_mask, i + 1 == groups.size() ? epilogue : nullptr);
+      if (prefetch != nullptr) prefetch->Step();
     }
+  }
+}
+
+// The small pixels that share their valid taps, with those taps' slices per filter block;
+// `origins` and `at` list the current chunk's pixels of the class.
+struct TapClass {
+  ValidTaps taps;
+  std::vector<SliceGroups> groups;  // per column block of the filter
+  std::vector<int64_t> origins;     // patch origins in the padded copy
+  std::vector<int64_t> at;          // output rows, from the chunk's first
+  int64_t row_stride = 0;           // > 0 when `at` is consecutive rows
+};
+
+// Every class of the conv, and each small pixel's class: `of_row[oh] * columns + of_col[ow]`.
+struct TapClasses {
+  std::vector<TapClass> classes;
+  std::vector<int64_t> of_row, of_col;
+  int64_t columns = 0;
+  std::vector<int64_t> chunk_key;  // what the classes' pixel lists were made for
+};
+
+template <typename Key>
+std::vector<int64_t> Distinct(const std::vector<Key>& keys, std::vector<Key>* values) {
+  std::vector<int64_t> index;
+  for (const Key& key : keys) {
+    const auto found = std::find(values->begin(), values->end(), key);
+    index.push_back(found - values->begin());
+    if (found == values->end()) values->push_back(key);
+  }
+  return index;
+}
+
+// Multiplies on padding, as a fraction of all, along one axis.
+double PaddedFraction(const std::vector<std::pair<int64_t, int64_t>>& taps, int64_t kernel) {
+  int64_t inside = 0;
+  for (const auto& range : taps) inside += range.second - range.first;
+  return 1.0 - static_cast<double>(inside) / static_cast<double>(taps.size() * kernel);
+}
+
+TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
+                          int64_t padded_row_floats) {
+  std::vector<std::pair<int64_t, int64_t>> row_taps, col_taps, rows, cols;
+  for (int64_t oh = 0; oh < g.small_h; ++oh) {
+    row_taps.push_back(InsideTaps(oh * g.stride_h, g.pad_top, g.big_h, g.kernel_h));
+  }
+  for (int64_t ow = 0; ow < g.small_w; ++ow) {
+    col_taps.push_back(InsideTaps(ow * g.stride_w, g.pad_left, g.big_w, g.kernel_w));
+  }
+  // Where little of the work lands on padding, one class with every tap keeps the tiles
+  // running along whole rows (class boundaries leave part-filled tiles behind).
+  constexpr double kMinSkipped = 0.02;
+  if (PaddedFraction(row_taps, g.kernel_h) + PaddedFraction(col_taps, g.kernel_w) <
+      kMinSkipped) {
+    row_taps.assign(g.small_h, {0, g.kernel_h});
+    col_taps.assign(g.small_w, {0, g.kernel_w});
+  }
+  TapClasses result;
+  result.of_row = Distinct(row_taps, &rows);
+  result.of_col = Distinct(col_taps, &cols);
+  result.columns = cols.size();
+  for (const auto& row : rows) {
+    for (const auto& col : cols) {
+      TapClass cls;
+      cls.taps = {row.first, row.second, col.first, col.second};
+      for (int64_t b = 0; b < filter.num_blocks(); ++b) {
+        cls.groups.push_back(PatchSlices(g, cls.taps, padded_row_floats, filter.block_stride(b)));
+      }
+      result.classes.push_back(std::move(cls));
+    }
+  }
+  return result;
+}
+
+// Sorts the chunk's pixels into their classes (patch origins in its padded copy, output rows
+// from its first). The lists depend only on the chunk's image count and its rows' classes, so
+// a chunk like the one before reuses them: small patches would spend a third of their time
+// here otherwise.
+void ClassifyChunk(const ConvGeometry& g, const PaddedImages& padded, const Chunk& chunk,
+                   TapClasses* classes) {
+  std::vector<int64_t> key = {chunk.images, chunk.rows};
+  for (int64_t r = 0; r < chunk.rows; ++r) key.push_back(classes->of_row[chunk.row + r]);
+  if (key == classes->chunk_key) return;
+  classes->chunk_key = std::move(key);
+  for (TapClass& cls : classes->classes) {
+    cls.origins.clear();
+    cls.at.clear();
+  }
+  int64_t pixel = 0;
+  for (int64_t i = 0; i < chunk.images; ++i) {
+    for (int64_t r = 0; r < chunk.rows; ++r) {
+      const int64_t oh = chunk.row + r;
+      const int64_t row = i * padded.image_floats() + r * g.stride_h * padded.row_floats();
+      for (int64_t ow = 0; ow < g.small_w; ++ow, ++pixel) {
+        TapClass& cls = classes->classes[classes->of_row[oh] * classes->columns +
+                                         classes->of_col[ow]];
+        cls.origins.push_back(row + ow * g.stride_w * g.big_c);
+        cls.at.push_back(pixel * g.small_c);
+      }
+    }
+  }
+  for (TapClass& cls : classes->classes) {
+    const int64_t n = cls.at.size();
+    const bool consecutive = n > 0 && cls.at.back() - cls.at.front() == (n - 1) * g.small_c;
+    cls.row_stride = consecutive ? g.small_c : 0;
   }
 }
 
@@ -407,7 +538,7 @@ PaddedShape PaddedSmall(const ConvGeometry& g) {
 // (iw + pad_left) % stride_w) are reached by the same taps, each at a fixed offset from a
 // per-pixel origin in the padded small image: one tile kernel call covers any kRows of them.
 struct StrideClass {
-  std::vector<PatchSlice> taps;
+  SliceGroups taps;  // one group
   std::vector<int64_t> origins;  // in the padded small image
   std::vector<int64_t> at;       // in the big image's rows
 };
@@ -416,13 +547,13 @@ struct StrideClass {
 void MakeStrideClass(const ConvGeometry& g, const PaddedShape& shape, int64_t row_floats,
                      int64_t phase_h, int64_t phase_w, int64_t row_begin, int64_t row_end,
                      StrideClass* cls) {
-  cls->taps.clear();
+  cls->taps.assign(1, {});
   cls->origins.clear();
   cls->at.clear();
   for (int64_t kh = phase_h; kh < g.kernel_h; kh += g.stride_h) {
     for (int64_t kw = phase_w; kw < g.kernel_w; kw += g.stride_w) {
       // Tap (kh, kw) reads the small pixel (kh - phase) / stride rows/columns before the origin.
-      cls->taps.push_back({-((kh - phase_h) / g.stride_h) * row_floats -
+      cls->taps[0].push_back({-((kh - phase_h) / g.stride_h) * row_floats -
                                ((kw - phase_w) / g.stride_w) * g.small_c,
                            (kh * g.kernel_w + kw) * g.small_c, g.small_c});
     }
@@ -438,23 +569,6 @@ void MakeStrideClass(const ConvGeometry& g, const PaddedShape& shape, int64_t ro
     }
   }
 }
-
-template <int kRows, int kVectors>
-void TransposeClass(const float* padded, const StrideClass& cls, const float* filter,
-                    float* out, __mmask16 last_mask, BlockEpilogue* epilogue) {
-  int64_t tile_origin[kRows], tile_at[kRows];
-  const int64_t pixels = cls.origins.size();
-  for (int64_t m = 0; m < pixels; m += kRows) {
-    const int64_t valid = std::min<int64_t>(kRows, pixels - m);
-    for (int r = 0; r < kRows; ++r) {
-      tile_origin[r] = cls.origins[m + std::min<int64_t>(r, valid - 1)];
-      tile_at[r] = cls.at[m + std::min<int64_t>(r, valid - 1)];
-    }
-    ConvTile<kRows, kVectors>(padded, tile_origin, cls.taps.data(), cls.taps.size(), filter,
-                              false, out, tile_at, valid, last_mask, epilogue);
-  }
-}
-
 
 // Per column block epilogues for a filter; empty when there is no epilogue.
 std::vector<BlockEpilogue> BlockEpilogues(const PackedFilter& filter,
@@ -560,36 +674,34 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
   const PaddedShape shape = PaddedBig(g);
   const std::vector<Chunk> chunks = Chunks(g, first, end);
   PaddedImages padded(shape, PaddedFloats(g, shape, chunks));
-  std::vector<SliceGroups> slices;
-  for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-    slices.push_back(PatchSlices(g, padded.row_floats(), filter.block_stride(b)));
-  }
-  std::vector<int64_t> origins;
+  TapClasses classes = MakeTapClasses(g, filter, padded.row_floats());
   Prefetcher prefetch;
   for (size_t c = 0; c < chunks.size(); ++c) {
     const Chunk& chunk = chunks[c];
-    FillChunk(g, big, chunk, &padded, &origins);
+    FillChunk(g, big, chunk, &padded);
+    ClassifyChunk(g, padded, chunk, &classes);
     float* out = small + chunk.first_pixel(g) * g.small_c;
     const int64_t pixels = chunk.pixels(g);
     if (c + 1 < chunks.size()) {
-      const int64_t tiles = filter.num_blocks() * slices[0].size() * (pixels / 6 + 1);
+      const int64_t groups = classes.classes[0].groups[0].size();
+      const int64_t tiles = filter.num_blocks() * groups * (pixels / 6 + classes.classes.size());
       prefetch.Start(ChunkSource(g, big, chunks[c + 1]), tiles);
     } else {
       prefetch.Start({big, big}, 1);
     }
-    for (int64_t q = 0; q < pixels; q += kPassPixels) {
-      const int64_t q_end = std::min(pixels, q + kPassPixels);
-      for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-        WithTileShape(filter.block_stride(b) / 16, [&](auto tile) {
-          using Tile = decltype(tile);
-          ConvPixels<Tile::kRows, Tile::kVectors>(
-              padded.data(), origins, slices[b], filter.block(b), q, q_end,
-              out + filter.block_col(b), g.small_c, TailMask(filter.block_width(b)),
+    for (int64_t b = 0; b < filter.num_blocks(); ++b) {
+      WithTileShape(filter.block_stride(b) / 16, [&](auto tile) {
+        using Tile = decltype(tile);
+        for (const TapClass& cls : classes.classes) {
+          ListTiles<Tile::kRows, Tile::kVectors>(
+              padded.data(), cls.origins, cls.at, cls.row_stride, cls.groups[b],
+              filter.block(b),
+              out + filter.block_col(b), TailMask(filter.block_width(b)),
               BlockEpilogueAt(epilogues, b), &prefetch);
-        });
-      }
-      on_rows(out + q * g.small_c, q_end - q);
+        }
+      });
     }
+    on_rows(out, pixels);
   }
   if (epilogue != nullptr) FinishEpilogues(epilogues, epilogue);
 }
@@ -614,9 +726,10 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
           for (int64_t b = 0; b < filter.num_blocks(); ++b) {
             WithTileShape(filter.block_stride(b) / 16, [&](auto tile) {
               using Tile = decltype(tile);
-              TransposeClass<Tile::kRows, Tile::kVectors>(
-                  padded.data(), cls, filter.block(b), out + filter.block_col(b),
-                  TailMask(filter.block_width(b)), BlockEpilogueAt(epilogues, b));
+              ListTiles<Tile::kRows, Tile::kVectors>(
+                  padded.data(), cls.origins, cls.at, 0, cls.taps, filter.block(b),
+                  out + filter.block_col(b), TailMask(filter.block_width(b)),
+                  BlockEpilogueAt(epilogues, b), nullptr);
             });
           }
         }
@@ -637,7 +750,8 @@ void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* smal
   // Each kernel row's taps x channels are contiguous in the padded image and in dfilter.
   const int64_t span = g.kernel_w * g.big_c;
   for (const Chunk& chunk : chunks) {
-    FillChunk(g, big, chunk, &padded, &origins);
+    FillChunk(g, big, chunk, &padded);
+    PatchOrigins(g, padded, chunk, &origins);
     const float* rows = small + chunk.first_pixel(g) * cols;
     const int64_t pixels = chunk.pixels(g);
     for (int64_t q = 0; q < pixels; q += kGradPassPixels) {
