@@ -439,11 +439,14 @@ TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
   for (int64_t ow = 0; ow < g.small_w; ++ow) {
     col_taps.push_back(InsideTaps(ow * g.stride_w, g.pad_left, g.big_w, g.kernel_w));
   }
-  // Where little of the work lands on padding, one class with every tap keeps the tiles
-  // running along whole rows (class boundaries leave part-filled tiles behind).
+  // Where little of the work lands on padding, or a patch is too short for the saving to pay
+  // for sorting pixels (the first layer's), one class with every tap keeps the tiles running
+  // along whole rows: class boundaries leave part-filled tiles behind.
   constexpr double kMinSkipped = 0.02;
-  if (PaddedFraction(row_taps, g.kernel_h) + PaddedFraction(col_taps, g.kernel_w) <
-      kMinSkipped) {
+  constexpr int64_t kMinPatch = 64;
+  if (g.patch_size() < kMinPatch ||
+      PaddedFraction(row_taps, g.kernel_h) + PaddedFraction(col_taps, g.kernel_w) <
+          kMinSkipped) {
     row_taps.assign(g.small_h, {0, g.kernel_h});
     col_taps.assign(g.small_w, {0, g.kernel_w});
   }
