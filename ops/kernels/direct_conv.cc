@@ -40,8 +40,9 @@ bool DirectConvAvailable() { return true; }
 
 namespace {
 
-// Small-image pixels per pass: their rows and the patches they read stay in L2.
-constexpr int64_t kPassPixels = 512;
+// Small-image pixels per chunk (one padded copy): their rows and the patches they read stay
+// in L2.
+constexpr int64_t kChunkPixels = 512;
 // The filter gradient's pass: its small rows (up to 64 channels) stay in L1 while every
 // filter tile reads them.
 constexpr int64_t kGradPassPixels = 128;
@@ -117,7 +118,7 @@ PaddedShape PaddedBig(const ConvGeometry& g) {
 }
 
 // A piece of the small images computed from one padded copy: whole images when they are
-// small, else a band of one image's rows; about kPassPixels small pixels either way.
+// small, else a band of one image's rows; about kChunkPixels small pixels either way.
 struct Chunk {
   int64_t image, images;  // first image and how many
   int64_t row, rows;      // small rows of each image
@@ -147,16 +148,16 @@ void PatchOrigins(const ConvGeometry& g, const PaddedImages& padded, const Chunk
   }
 }
 
-// Small images in chunks of about kPassPixels pixels: runs of whole images, or bands of rows
+// Small images in chunks of about kChunkPixels pixels: runs of whole images, or bands of rows
 // when one image has more pixels than that.
 int64_t ImagesPerChunk(const ConvGeometry& g) {
-  return std::max<int64_t>(1, kPassPixels / std::max<int64_t>(1, g.small_pixels()));
+  return std::max<int64_t>(1, kChunkPixels / std::max<int64_t>(1, g.small_pixels()));
 }
 
 std::vector<Chunk> Chunks(const ConvGeometry& g, int64_t first, int64_t end) {
   std::vector<Chunk> chunks;
-  if (g.small_pixels() > kPassPixels) {
-    const int64_t band = std::max<int64_t>(1, kPassPixels / g.small_w);
+  if (g.small_pixels() > kChunkPixels) {
+    const int64_t band = std::max<int64_t>(1, kChunkPixels / g.small_w);
     for (int64_t image = first; image < end; ++image) {
       for (int64_t row = 0; row < g.small_h; row += band) {
         chunks.push_back({image, 1, row, std::min(band, g.small_h - row)});
@@ -229,7 +230,7 @@ class Prefetcher {
 
 // One slice of the patch (a run of consecutive floats within one kernel row: kernel_w
 // taps x channels are contiguous in both the padded image and the filter) sized so that its
-// filter rows stay in L1 while every tile of a pass reads them.
+// filter rows stay in L1 while every tile of a chunk reads them.
 struct PatchSlice {
   int64_t offset;         // from a patch origin, in the padded image
   int64_t filter_row;     // first filter row
@@ -717,7 +718,7 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
   PaddedImages padded(shape, shape.padded_height * shape.padded_width * shape.channels);
   StrideClass cls;
   // Bands of whole rows, about a pass of pixels each, so on_rows sees them while in cache.
-  const int64_t band_rows = std::max<int64_t>(1, kPassPixels / g.big_w);
+  const int64_t band_rows = std::max<int64_t>(1, kChunkPixels / g.big_w);
   for (int64_t image = first; image < end; ++image) {
     padded.FillImages(small, image, 1);
     float* out = big + image * g.big_pixels() * g.big_c;
