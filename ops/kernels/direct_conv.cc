@@ -177,22 +177,16 @@ int64_t PaddedFloats(const ConvGeometry& g, const PaddedShape& shape,
                      const std::vector<Chunk>& chunks) {
   int64_t floats = 0;
   for (const Chunk& chunk : chunks) {
-    const int64_t rows = chunk.images == 1
-                             ? chunk.padded_end(g) - chunk.padded_begin(g)
-                             : shape.padded_height;
+    const int64_t rows = chunk.padded_end(g) - chunk.padded_begin(g);
     floats = std::max(floats, chunk.images * rows * shape.padded_width * shape.channels);
   }
   return floats;
 }
 
-// Copies what `chunk` reads into `padded`.
+// Copies the padded rows `chunk` reads into `padded`.
 void FillChunk(const ConvGeometry& g, const float* big, const Chunk& chunk,
                PaddedImages* padded) {
-  if (chunk.images == 1) {
-    padded->Fill(big, chunk.image, 1, chunk.padded_begin(g), chunk.padded_end(g));
-  } else {
-    padded->FillImages(big, chunk.image, chunk.images);
-  }
+  padded->Fill(big, chunk.image, chunk.images, chunk.padded_begin(g), chunk.padded_end(g));
 }
 
 // The part of the big images a chunk's patches read: one contiguous range of whole rows.
@@ -200,10 +194,10 @@ std::pair<const float*, const float*> ChunkSource(const ConvGeometry& g, const f
                                                   const Chunk& chunk) {
   const int64_t row_floats = g.big_w * g.big_c;
   const float* image = big + chunk.image * g.big_h * row_floats;
-  if (chunk.images > 1) return {image, image + chunk.images * g.big_h * row_floats};
   const int64_t first = std::max<int64_t>(0, chunk.padded_begin(g) - g.pad_top);
-  const int64_t last = std::min<int64_t>(g.big_h, chunk.padded_end(g) - g.pad_top);
-  return {image + first * row_floats, image + std::max(first, last) * row_floats};
+  const int64_t last = std::max(first, std::min<int64_t>(g.big_h, chunk.padded_end(g) - g.pad_top));
+  return {image + first * row_floats,
+          image + ((chunk.images - 1) * g.big_h + last) * row_floats};
 }
 
 // Brings the next chunk's images into L2 a few cache lines per tile while this chunk
@@ -322,10 +316,6 @@ void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slic
 // spends 18% of its multiplies on padding otherwise).
 struct ValidTaps {
   int64_t kh_begin, kh_end, kw_begin, kw_end;
-  bool operator==(const ValidTaps& other) const {
-    return kh_begin == other.kh_begin && kh_end == other.kh_end &&
-           kw_begin == other.kw_begin && kw_end == other.kw_end;
-  }
 };
 
 // Taps [begin, end) of a kernel placed at `origin` (padded coordinates) that fall on the image.
@@ -473,7 +463,7 @@ TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
 // a chunk like the one before reuses them: small patches would spend a third of their time
 // here otherwise.
 void ClassifyChunk(const ConvGeometry& g, const PaddedImages& padded, const Chunk& chunk,
-                   TapClasses* classes) {
+                   std::vector<int64_t>* origins, TapClasses* classes) {
   std::vector<int64_t> key = {chunk.images, chunk.rows};
   for (int64_t r = 0; r < chunk.rows; ++r) key.push_back(classes->of_row[chunk.row + r]);
   if (key == classes->chunk_key) return;
@@ -482,19 +472,19 @@ void ClassifyChunk(const ConvGeometry& g, const PaddedImages& padded, const Chun
     cls.origins.clear();
     cls.at.clear();
   }
+  PatchOrigins(g, padded, chunk, origins);
   int64_t pixel = 0;
   for (int64_t i = 0; i < chunk.images; ++i) {
-    for (int64_t r = 0; r < chunk.rows; ++r) {
-      const int64_t oh = chunk.row + r;
-      const int64_t row = i * padded.image_floats() + r * g.stride_h * padded.row_floats();
+    for (int64_t oh = chunk.row; oh < chunk.row + chunk.rows; ++oh) {
       for (int64_t ow = 0; ow < g.small_w; ++ow, ++pixel) {
         TapClass& cls = classes->classes[classes->of_row[oh] * classes->columns +
                                          classes->of_col[ow]];
-        cls.origins.push_back(row + ow * g.stride_w * g.big_c);
+        cls.origins.push_back((*origins)[pixel]);
         cls.at.push_back(pixel * g.small_c);
       }
     }
   }
+  // `at` rises by at least one row per pixel, so equal ends mean no gaps.
   for (TapClass& cls : classes->classes) {
     const int64_t n = cls.at.size();
     const bool consecutive = n > 0 && cls.at.back() - cls.at.front() == (n - 1) * g.small_c;
@@ -679,11 +669,12 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
   const std::vector<Chunk> chunks = Chunks(g, first, end);
   PaddedImages padded(shape, PaddedFloats(g, shape, chunks));
   TapClasses classes = MakeTapClasses(g, filter, padded.row_floats());
+  std::vector<int64_t> origins;
   Prefetcher prefetch;
   for (size_t c = 0; c < chunks.size(); ++c) {
     const Chunk& chunk = chunks[c];
     FillChunk(g, big, chunk, &padded);
-    ClassifyChunk(g, padded, chunk, &classes);
+    ClassifyChunk(g, padded, chunk, &origins, &classes);
     float* out = small + chunk.first_pixel(g) * g.small_c;
     const int64_t pixels = chunk.pixels(g);
     if (c + 1 < chunks.size()) {
