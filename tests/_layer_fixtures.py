@@ -14,11 +14,6 @@ def seeded():
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng(SEED)
-
-
-@pytest.fixture
 def dtype_policy(request):
     """Set the global Keras dtype policy named by the test's param; restore it after."""
     previous = keras.config.dtype_policy()

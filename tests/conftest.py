@@ -27,8 +27,9 @@ def one_openmp_thread():
 
 
 @pytest.fixture
-def rng(fixed_seed):
-    return np.random.default_rng(fixed_seed)
+def rng(request, fixed_seed):
+    """A numpy Generator seeded with the test module's SEED, if it sets one."""
+    return np.random.default_rng(getattr(request.module, "SEED", fixed_seed))
 
 
 def native_available():

@@ -12,11 +12,6 @@ from pyae import data
 SEED = 20240611
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(SEED)
-
-
 # --------------------------------------------------------------------------- helpers
 
 _IDX_CODES = {np.dtype("uint8"): 0x08, np.dtype("int8"): 0x09, np.dtype("int16"): 0x0B,

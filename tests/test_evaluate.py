@@ -10,11 +10,6 @@ SEED = 11
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng(SEED)
-
-
-@pytest.fixture
 def images(rng):
     return rng.uniform(0.2, 0.8, (4, 28, 28, 3)).astype(np.float32)
 

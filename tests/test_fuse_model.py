@@ -8,8 +8,8 @@ from pyae.layers import (
     FuseReport, FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU, fuse_model,
 )
 
-from _layer_fixtures import (  # noqa: F401  (fixtures are used by name)
-    assert_close, random_normal, randomize_batch_norm, rng, seeded,
+from _layer_fixtures import (  # noqa: F401  (fixtures are used by name; SEED seeds rng)
+    SEED, assert_close, random_normal, randomize_batch_norm, seeded,
 )
 
 FUSED_CLASSES = (FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU)

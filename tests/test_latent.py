@@ -12,11 +12,6 @@ SEED = 7
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng(SEED)
-
-
-@pytest.fixture
 def correlated_codes(rng):
     """A 3-D Gaussian cloud with unequal scales, an offset and correlations."""
     mixing = np.array([[2.0, 0.0, 0.0], [1.2, 0.5, 0.0], [-0.7, 0.3, 1.5]])

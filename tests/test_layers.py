@@ -9,8 +9,8 @@ import tensorflow as tf
 import pyae.ops
 from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
 
-from _layer_fixtures import (  # noqa: F401  (fixtures are used by name)
-    assert_close, dtype_policy, random_normal, randomize_batch_norm, rng, seeded,
+from _layer_fixtures import (  # noqa: F401  (fixtures are used by name; SEED seeds rng)
+    SEED, assert_close, dtype_policy, random_normal, randomize_batch_norm, seeded,
 )
 
 
