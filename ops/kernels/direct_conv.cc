@@ -40,8 +40,8 @@ bool DirectConvAvailable() { return true; }
 
 namespace {
 
-// Small-image pixels per chunk (one padded copy): their rows and the patches they read stay
-// in L2.
+// Small-image pixels per chunk: their rows and the patches they read (or their padded copy)
+// stay in L2.
 constexpr int64_t kChunkPixels = 512;
 // The filter gradient's pass: its small rows (up to 64 channels) stay in L1 while every
 // filter tile reads them.
@@ -117,7 +117,7 @@ PaddedShape PaddedBig(const ConvGeometry& g) {
           std::max(g.big_w + g.pad_left, (g.small_w - 1) * g.stride_w + g.kernel_w)};
 }
 
-// A piece of the small images computed from one padded copy: whole images when they are
+// A piece of the small images computed in one go (one padded copy): whole images when they are
 // small, else a band of one image's rows; about kChunkPixels small pixels either way.
 struct Chunk {
   int64_t image, images;  // first image and how many
@@ -134,13 +134,30 @@ struct Chunk {
   }
 };
 
-// Offset of each small pixel's patch origin (tap 0, channel 0) in the padded copy of `chunk`.
-void PatchOrigins(const ConvGeometry& g, const PaddedImages& padded, const Chunk& chunk,
+// How a chunk's patches are addressed from its base pointer: images and rows apart, and the
+// offset of padded coordinate (0, 0). The padded copy starts there; the images themselves
+// start pad_top rows and pad_left pixels later, so their origin is negative.
+struct PatchLayout {
+  int64_t image_floats, row_floats, origin;
+};
+
+PatchLayout LayoutOf(const PaddedImages& padded) {
+  return {padded.image_floats(), padded.row_floats(), 0};
+}
+
+PatchLayout LayoutInPlace(const ConvGeometry& g) {
+  const int64_t row_floats = g.big_w * g.big_c;
+  return {g.big_h * row_floats, row_floats, -(g.pad_top * row_floats + g.pad_left * g.big_c)};
+}
+
+// Offset of each small pixel's patch origin (tap 0, channel 0) from the chunk's base.
+void PatchOrigins(const ConvGeometry& g, const PatchLayout& layout, const Chunk& chunk,
                   std::vector<int64_t>* origins) {
   origins->clear();
   for (int64_t i = 0; i < chunk.images; ++i) {
     for (int64_t oh = 0; oh < chunk.rows; ++oh) {
-      const int64_t row = i * padded.image_floats() + oh * g.stride_h * padded.row_floats();
+      const int64_t row =
+          layout.origin + i * layout.image_floats + oh * g.stride_h * layout.row_floats;
       for (int64_t ow = 0; ow < g.small_w; ++ow) {
         origins->push_back(row + ow * g.stride_w * g.big_c);
       }
@@ -200,8 +217,15 @@ std::pair<const float*, const float*> ChunkSource(const ConvGeometry& g, const f
           image + ((chunk.images - 1) * g.big_h + last) * row_floats};
 }
 
+// The first padded row a chunk reads, in the big images themselves (padded row p is image row
+// p - pad_top; row p itself is inside the image, which LayoutInPlace's origin accounts for).
+const float* ChunkBase(const ConvGeometry& g, const float* big, const Chunk& chunk) {
+  const int64_t row_floats = g.big_w * g.big_c;
+  return big + chunk.image * g.big_h * row_floats + chunk.padded_begin(g) * row_floats;
+}
+
 // Brings the next chunk's images into L2 a few cache lines per tile while this chunk
-// computes, so that its padded copy reads from L2 instead of waiting on L3 in one burst.
+// computes, so that its tiles (or its padded copy) read from L2 instead of waiting on L3.
 class Prefetcher {
  public:
   void Start(std::pair<const float*, const float*> range, int64_t steps) {
@@ -263,7 +287,7 @@ void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slic
   for (int64_t i = 0; i < num_slices; ++i) {
     const float* a[kRows];
 #pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) a[r] = padded + origin[r] + slices[i].offset;
+    for (int r = 0; r < kRows; ++r) a[r] = padded + (origin[r] + slices[i].offset);
     const float* w = filter + slices[i].filter_row * kStride;
     for (int64_t k = 0; k < slices[i].length; ++k, w += kStride) {
       __m512 wv[kVectors];
@@ -390,7 +414,7 @@ void ListTiles(const float* padded, const std::vector<int64_t>& origins,
 struct TapClass {
   ValidTaps taps;
   std::vector<SliceGroups> groups;  // per column block of the filter
-  std::vector<int64_t> origins;     // patch origins in the padded copy
+  std::vector<int64_t> origins;     // patch origins from the chunk's base
   std::vector<int64_t> at;          // output rows, from the chunk's first
   int64_t row_stride = 0;           // > 0 when `at` is consecutive rows
 };
@@ -414,33 +438,48 @@ std::vector<int64_t> Distinct(const std::vector<Key>& keys, std::vector<Key>* va
   return index;
 }
 
-// Multiplies on padding, as a fraction of all, along one axis.
-double PaddedFraction(const std::vector<std::pair<int64_t, int64_t>>& taps, int64_t kernel) {
-  int64_t inside = 0;
-  for (const auto& range : taps) inside += range.second - range.first;
-  return 1.0 - static_cast<double>(inside) / static_cast<double>(taps.size() * kernel);
+using TapRanges = std::vector<std::pair<int64_t, int64_t>>;
+
+// Per small row, the kernel rows that land on the image; per small column, the columns.
+TapRanges InsideRowTaps(const ConvGeometry& g) {
+  TapRanges taps;
+  for (int64_t oh = 0; oh < g.small_h; ++oh) {
+    taps.push_back(InsideTaps(oh * g.stride_h, g.pad_top, g.big_h, g.kernel_h));
+  }
+  return taps;
 }
 
-TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
-                          int64_t padded_row_floats) {
-  std::vector<std::pair<int64_t, int64_t>> row_taps, col_taps, rows, cols;
-  for (int64_t oh = 0; oh < g.small_h; ++oh) {
-    row_taps.push_back(InsideTaps(oh * g.stride_h, g.pad_top, g.big_h, g.kernel_h));
-  }
+TapRanges InsideColTaps(const ConvGeometry& g) {
+  TapRanges taps;
   for (int64_t ow = 0; ow < g.small_w; ++ow) {
-    col_taps.push_back(InsideTaps(ow * g.stride_w, g.pad_left, g.big_w, g.kernel_w));
+    taps.push_back(InsideTaps(ow * g.stride_w, g.pad_left, g.big_w, g.kernel_w));
   }
-  // Where little of the work lands on padding, or a patch is too short for the saving to pay
-  // for sorting pixels (the first layer's), one class with every tap keeps the tiles running
-  // along whole rows: class boundaries leave part-filled tiles behind.
-  constexpr double kMinSkipped = 0.02;
+  return taps;
+}
+
+// Whether the tap classes leave out the taps that land on padding (and the tiles then read
+// the images in place, with no padded copy). Not where a patch is too short for that to pay
+// for sorting pixels (the first layer's): one class with every tap keeps the tiles running
+// along whole rows, and class boundaries leave part-filled tiles behind. Measured: patches of
+// 9 and 27 floats 10-15% slower with classes at stride 1, 64 and up 2-13% faster.
+bool SkipsPadding(const ConvGeometry& g) {
   constexpr int64_t kMinPatch = 64;
-  if (g.patch_size() < kMinPatch ||
-      PaddedFraction(row_taps, g.kernel_h) + PaddedFraction(col_taps, g.kernel_w) <
-          kMinSkipped) {
-    row_taps.assign(g.small_h, {0, g.kernel_h});
-    col_taps.assign(g.small_w, {0, g.kernel_w});
-  }
+  return g.patch_size() >= kMinPatch;
+}
+
+// True when no tap of any small pixel lands outside the big image (VALID padding).
+bool ReadsNoPadding(const PaddedShape& shape) {
+  return shape.pad_top == 0 && shape.pad_left == 0 && shape.padded_height == shape.height &&
+         shape.padded_width == shape.width;
+}
+
+// The classes, their slices laid out for images `row_floats` apart row to row.
+TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
+                          int64_t row_floats) {
+  const bool skip = SkipsPadding(g);
+  const TapRanges row_taps = skip ? InsideRowTaps(g) : TapRanges(g.small_h, {0, g.kernel_h});
+  const TapRanges col_taps = skip ? InsideColTaps(g) : TapRanges(g.small_w, {0, g.kernel_w});
+  TapRanges rows, cols;
   TapClasses result;
   result.of_row = Distinct(row_taps, &rows);
   result.of_col = Distinct(col_taps, &cols);
@@ -450,7 +489,7 @@ TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
       TapClass cls;
       cls.taps = {row.first, row.second, col.first, col.second};
       for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-        cls.groups.push_back(PatchSlices(g, cls.taps, padded_row_floats, filter.block_stride(b)));
+        cls.groups.push_back(PatchSlices(g, cls.taps, row_floats, filter.block_stride(b)));
       }
       result.classes.push_back(std::move(cls));
     }
@@ -458,11 +497,11 @@ TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
   return result;
 }
 
-// Sorts the chunk's pixels into their classes (patch origins in its padded copy, output rows
+// Sorts the chunk's pixels into their classes (patch origins from its base, output rows
 // from its first). The lists depend only on the chunk's image count and its rows' classes, so
 // a chunk like the one before reuses them: small patches would spend a third of their time
 // here otherwise.
-void ClassifyChunk(const ConvGeometry& g, const PaddedImages& padded, const Chunk& chunk,
+void ClassifyChunk(const ConvGeometry& g, const PatchLayout& layout, const Chunk& chunk,
                    std::vector<int64_t>* origins, TapClasses* classes) {
   std::vector<int64_t> key = {chunk.images, chunk.rows};
   for (int64_t r = 0; r < chunk.rows; ++r) key.push_back(classes->of_row[chunk.row + r]);
@@ -472,7 +511,7 @@ void ClassifyChunk(const ConvGeometry& g, const PaddedImages& padded, const Chun
     cls.origins.clear();
     cls.at.clear();
   }
-  PatchOrigins(g, padded, chunk, origins);
+  PatchOrigins(g, layout, chunk, origins);
   int64_t pixel = 0;
   for (int64_t i = 0; i < chunk.images; ++i) {
     for (int64_t oh = chunk.row; oh < chunk.row + chunk.rows; ++oh) {
@@ -667,14 +706,22 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
   std::vector<BlockEpilogue> epilogues = BlockEpilogues(filter, epilogue);
   const PaddedShape shape = PaddedBig(g);
   const std::vector<Chunk> chunks = Chunks(g, first, end);
-  PaddedImages padded(shape, PaddedFloats(g, shape, chunks));
-  TapClasses classes = MakeTapClasses(g, filter, padded.row_floats());
+  // Where no executed tap lands on padding, the tiles read the images where they lie: the
+  // padded copy would cost a pass over the input for nothing.
+  const bool in_place = SkipsPadding(g) || ReadsNoPadding(shape);
+  PaddedImages padded(shape, in_place ? 0 : PaddedFloats(g, shape, chunks));
+  const int64_t row_floats = in_place ? g.big_w * g.big_c : padded.row_floats();
+  TapClasses classes = MakeTapClasses(g, filter, row_floats);
   std::vector<int64_t> origins;
   Prefetcher prefetch;
   for (size_t c = 0; c < chunks.size(); ++c) {
     const Chunk& chunk = chunks[c];
-    FillChunk(g, big, chunk, &padded);
-    ClassifyChunk(g, padded, chunk, &origins, &classes);
+    const float* base = ChunkBase(g, big, chunk);
+    if (!in_place) {
+      FillChunk(g, big, chunk, &padded);
+      base = padded.data();
+    }
+    ClassifyChunk(g, in_place ? LayoutInPlace(g) : LayoutOf(padded), chunk, &origins, &classes);
     float* out = small + chunk.first_pixel(g) * g.small_c;
     const int64_t pixels = chunk.pixels(g);
     if (c + 1 < chunks.size()) {
@@ -689,7 +736,7 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
         using Tile = decltype(tile);
         for (const TapClass& cls : classes.classes) {
           ListTiles<Tile::kRows, Tile::kVectors>(
-              padded.data(), cls.origins, cls.at, cls.row_stride, cls.groups[b],
+              base, cls.origins, cls.at, cls.row_stride, cls.groups[b],
               filter.block(b),
               out + filter.block_col(b), TailMask(filter.block_width(b)),
               BlockEpilogueAt(epilogues, b), &prefetch);
@@ -746,7 +793,7 @@ void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* smal
   const int64_t span = g.kernel_w * g.big_c;
   for (const Chunk& chunk : chunks) {
     FillChunk(g, big, chunk, &padded);
-    PatchOrigins(g, padded, chunk, &origins);
+    PatchOrigins(g, LayoutOf(padded), chunk, &origins);
     const float* rows = small + chunk.first_pixel(g) * cols;
     const int64_t pixels = chunk.pixels(g);
     for (int64_t q = 0; q < pixels; q += kGradPassPixels) {

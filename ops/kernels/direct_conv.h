@@ -1,8 +1,9 @@
 // Implicit-GEMM convolution on AVX-512 (the "direct" kernels).
 //
 // The im2col route copies every patch into a matrix that the BLAS then copies again into its
-// own panel layout; here a tile of output pixels broadcasts its input values straight from a
-// zero-padded copy of the images, so each input value is read from cache, never copied twice.
+// own panel layout; here a tile of output pixels broadcasts its input values straight from
+// the images (from a zero-padded copy only where a patch is too short to sort pixels by the
+// taps that land inside), so each input value is read from cache, never copied twice.
 // Geometry as in conv_geometry.h: one conv from the big image to the small one, with the
 // filter viewed as a [patch_size, small_c] matrix.
 #pragma once
@@ -19,9 +20,8 @@ namespace pyae {
 // im2col + GEMM otherwise.
 bool DirectConvAvailable();
 
-// Images that DirectConv computes from one padded copy (1 when an image alone fills it): a
-// caller splitting the batch gives each task a multiple of this, so no task ends on a
-// partly filled copy.
+// Images that DirectConv computes as one chunk (1 when an image alone fills it): a caller
+// splitting the batch gives each task a multiple of this, so no task ends on a partial chunk.
 int64_t DirectChunkImages(const ConvGeometry& g);
 
 // A [rows, cols] row-major matrix re-laid out for the direct kernels: column blocks of at most
