@@ -1,5 +1,6 @@
 """The fused op: native kernels vs a float64 numpy reference, native and fallback vs the Keras
 stack, numeric gradients, bad input, the loader and SavedModels."""
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -379,6 +380,27 @@ def test_native_module_rejects_bad_input_with_value_error(rng):
     inputs["x"] = inputs["x"][0]
     with pytest.raises(ValueError, match="x must have rank 4"):
         native.conv_bn_lrelu_forward(*inputs.values())
+
+
+def test_native_ops_running_at_once_match_one_at_a_time(rng):
+    """Ops sharing the intra-op pool at once (their helpers start late, or find the op over)
+    still run every task exactly once: the same bits as each op alone."""
+    needs_native()
+    cases = [FASHION_BLOCKS[3], FASHION_BLOCKS[5], CARTOON_BLOCKS[2], AWKWARD[0]]
+    inputs = [make_inputs(rng, case) for case in cases]
+
+    def run(index):
+        y, grads, _ = run_fused_op(cases[index], inputs[index], True, "native")
+        return [y.numpy()] + [grad.numpy() for grad in grads]
+
+    alone = [run(index) for index in range(len(cases))]
+    order = [index for _ in range(3) for index in range(len(cases))]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as threads:
+        together = list(threads.map(run, order))
+    for index, result in zip(order, together):
+        for name, got, want in zip(("y", "dx", "dkernel", "dgamma", "dbeta"), result,
+                                   alone[index]):
+            np.testing.assert_array_equal(got, want, err_msg=f"{shape_id(cases[index])} {name}")
 
 
 # --- implementation choice, loader, build info ----------------------------------------------

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 namespace pyae {
 
@@ -35,5 +36,40 @@ class TaskQueue {
 
 // A runner that uses up to `num_threads` std::threads (the caller's thread included).
 TaskRunner StdThreadRunner(int num_threads);
+
+// Pool threads that join the calling thread in every run of tasks of one op. A pool thread
+// takes 50-100 us to wake on a busy machine, as long as some ops' whole parallel phase: a crew
+// wakes its helpers when the op starts, so they are up by the time its setup is done, and keeps
+// them spinning from one phase to the next (an idle helper leaves after kIdleMicros; the next
+// run wakes another). The caller spins too while the helpers finish their last tasks, where a
+// condition variable would cost one more wake-up.
+class Crew {
+ public:
+  using Scheduler = std::function<void(std::function<void()> work)>;
+
+  // Schedules `helpers` helpers now.
+  Crew(int helpers, Scheduler schedule);
+  // Dismisses the helpers; ones still to start find the crew gone and return at once.
+  ~Crew();
+  Crew(const Crew&) = delete;
+  Crew& operator=(const Crew&) = delete;
+
+  // Runs fn(task) for every task in [0, num_tasks) on the caller and the helpers; returns when
+  // all are done.
+  void Run(int64_t num_tasks, const std::function<void(int64_t task)>& fn);
+  // Run, as the kernels take it.
+  TaskRunner Runner();
+
+  static constexpr int64_t kIdleMicros = 250;
+
+ private:
+  struct State;
+  static void Serve(State* state);
+  void Hire();
+
+  std::shared_ptr<State> state_;
+  int helpers_;
+  Scheduler schedule_;
+};
 
 }  // namespace pyae

@@ -1,5 +1,6 @@
 // CPU OpKernels of the fused op and its gradient: check inputs, allocate, call the kernels.
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -9,7 +10,6 @@
 #include "parallel.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/blocking_counter.h"
 #include "tensorflow/core/platform/threadpool.h"
 
 namespace pyae {
@@ -21,26 +21,18 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 
-Runtime RuntimeFor(OpKernelContext* ctx) {
+// A crew on the op's intra-op pool, hired as the op starts. The calling thread works too, so
+// it asks for one thread fewer than the pool has: running shards on every pool thread *and*
+// the caller would put more threads than cores to work, and a preempted one holds up the op.
+std::unique_ptr<Crew> CrewFor(OpKernelContext* ctx) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int threads = pool->NumThreads();
-  TaskRunner run = [pool, threads](int64_t num_tasks, const std::function<void(int64_t)>& fn) {
-    // The calling thread works too, so ask the pool for one thread fewer than it has: the
-    // pool's ParallelFor would run its shards on every pool thread *and* the caller, more
-    // threads than cores, and a preempted shard holds up the whole op.
-    TaskQueue queue(num_tasks, fn);
-    const int helpers = static_cast<int>(std::min<int64_t>(threads - 1, num_tasks - 1));
-    tensorflow::BlockingCounter done(std::max(helpers, 0));
-    for (int i = 0; i < helpers; ++i) {
-      pool->Schedule([&] {
-        queue.Drain();
-        done.DecrementCount();
-      });
-    }
-    queue.Drain();
-    done.Wait();
-  };
-  return {run, threads};
+  return std::make_unique<Crew>(pool->NumThreads() - 1, [pool](std::function<void()> work) {
+    pool->Schedule(std::move(work));
+  });
+}
+
+Runtime RuntimeFor(OpKernelContext* ctx, Crew* crew) {
+  return {crew->Runner(), ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads()};
 }
 
 class FusedConvBnLeakyReluOp : public FusedOpBase {
@@ -48,6 +40,7 @@ class FusedConvBnLeakyReluOp : public FusedOpBase {
   using FusedOpBase::FusedOpBase;
 
   void Compute(OpKernelContext* ctx) override {
+    const std::unique_ptr<Crew> crew = CrewFor(ctx);  // first: its helpers wake during setup
     const Tensor& x = ctx->input(0);
     const Tensor& kernel = ctx->input(1);
     FusedParams params;
@@ -58,7 +51,7 @@ class FusedConvBnLeakyReluOp : public FusedOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({channels}), &mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({channels}), &variance));
     const std::string err = FusedForward(
-        params, RuntimeFor(ctx), x.flat<float>().data(), kernel.flat<float>().data(),
+        params, RuntimeFor(ctx, crew.get()), x.flat<float>().data(), kernel.flat<float>().data(),
         ctx->input(2).flat<float>().data(), ctx->input(3).flat<float>().data(),
         ctx->input(4).flat<float>().data(), ctx->input(5).flat<float>().data(),
         y->flat<float>().data(), mean->flat<float>().data(), variance->flat<float>().data());
@@ -71,6 +64,7 @@ class FusedConvBnLeakyReluGradOp : public FusedOpBase {
   using FusedOpBase::FusedOpBase;
 
   void Compute(OpKernelContext* ctx) override {
+    const std::unique_ptr<Crew> crew = CrewFor(ctx);  // first: its helpers wake during setup
     const Tensor& dy = ctx->input(0);
     const Tensor& x = ctx->input(1);
     const Tensor& kernel = ctx->input(2);
@@ -82,7 +76,7 @@ class FusedConvBnLeakyReluGradOp : public FusedOpBase {
                                             /*skip_unused_dx=*/true));
     Tensor *dx = grads[0], *dkernel = grads[1], *dgamma = grads[2], *dbeta = grads[3];
     const std::string err = FusedBackward(
-        params, RuntimeFor(ctx), dy.flat<float>().data(), x.flat<float>().data(),
+        params, RuntimeFor(ctx, crew.get()), dy.flat<float>().data(), x.flat<float>().data(),
         kernel.flat<float>().data(), ctx->input(3).flat<float>().data(),
         ctx->input(4).flat<float>().data(), y.flat<float>().data(),
         ctx->input(6).flat<float>().data(), ctx->input(7).flat<float>().data(),
