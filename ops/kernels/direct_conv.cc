@@ -15,19 +15,40 @@ namespace pyae {
 
 PackedFilter::PackedFilter(const float* matrix, int64_t rows, int64_t cols)
     : rows_(rows), cols_(cols) {
+  if (IsPacked()) {
+    block_offset_ = {0};
+    data_ = matrix;
+  } else {
+    Pack(matrix);
+  }
+}
+
+PackedFilter::PackedFilter(std::vector<float> matrix, int64_t rows, int64_t cols)
+    : rows_(rows), cols_(cols) {
+  if (IsPacked()) {
+    block_offset_ = {0};
+    packed_ = std::move(matrix);
+    data_ = packed_.data();
+  } else {
+    Pack(matrix.data());
+  }
+}
+
+void PackedFilter::Pack(const float* matrix) {
   int64_t size = 0;
   for (int64_t b = 0; b < num_blocks(); ++b) {
     block_offset_.push_back(size);
-    size += rows * block_stride(b);
+    size += rows_ * block_stride(b);
   }
   packed_.assign(size, 0.0f);
   for (int64_t b = 0; b < num_blocks(); ++b) {
     float* to = packed_.data() + block_offset_[b];
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(to + r * block_stride(b), matrix + r * cols + block_col(b),
+    for (int64_t r = 0; r < rows_; ++r) {
+      std::memcpy(to + r * block_stride(b), matrix + r * cols_ + block_col(b),
                   sizeof(float) * block_width(b));
     }
   }
+  data_ = packed_.data();
 }
 
 int64_t PackedFilter::block_width(int64_t b) const {

@@ -25,10 +25,16 @@ bool DirectConvAvailable();
 int64_t DirectChunkImages(const ConvGeometry& g);
 
 // A [rows, cols] row-major matrix re-laid out for the direct kernels: column blocks of at most
-// 64, each zero-padded to a multiple of 16 and stored [rows][block width].
+// 64, each zero-padded to a multiple of 16 and stored [rows][block width]. A matrix already in
+// that layout (one block, cols a multiple of 16: 16, 32, 48 or 64 filters) is used as it is,
+// not copied: borrowed from a pointer, which must outlive the PackedFilter, or taken over
+// from a vector.
 class PackedFilter {
  public:
   PackedFilter(const float* matrix, int64_t rows, int64_t cols);
+  PackedFilter(std::vector<float> matrix, int64_t rows, int64_t cols);
+  PackedFilter(const PackedFilter&) = delete;  // data_ may point into packed_
+  PackedFilter& operator=(const PackedFilter&) = delete;
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
@@ -37,14 +43,18 @@ class PackedFilter {
   int64_t block_col(int64_t b) const { return b * kBlockCols; }
   int64_t block_width(int64_t b) const;
   int64_t block_stride(int64_t b) const { return (block_width(b) + 15) / 16 * 16; }
-  const float* block(int64_t b) const { return packed_.data() + block_offset_[b]; }
+  const float* block(int64_t b) const { return data_ + block_offset_[b]; }
 
   static constexpr int64_t kBlockCols = 64;
 
  private:
+  bool IsPacked() const { return num_blocks() == 1 && block_stride(0) == cols_; }
+  void Pack(const float* matrix);
+
   int64_t rows_, cols_;
   std::vector<int64_t> block_offset_;
   std::vector<float> packed_;
+  const float* data_ = nullptr;
 };
 
 // Sees each finished run of output rows while it is still in cache.

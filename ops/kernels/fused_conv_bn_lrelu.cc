@@ -98,7 +98,7 @@ std::vector<float> AdjointKernel(const ConvGeometry& g, const float* kernel) {
 }
 
 // A conv's filter matrix [patch_size, small_c], and the same packed for the direct kernels
-// when this build has them (packed once per call, shared by every task).
+// when this build has them (packed, where it needs to be, once per call; shared by every task).
 struct ConvFilter {
   const float* matrix = nullptr;
   std::unique_ptr<PackedFilter> packed;
@@ -117,8 +117,8 @@ ConvFilter MakeConvFilter(const ConvGeometry& conv, const float* matrix) {
 // kernels).
 std::unique_ptr<PackedFilter> PackTransposed(const ConvGeometry& g, const float* kernel) {
   if (!DirectConvAvailable()) return nullptr;
-  const std::vector<float> taps = TapTransposedKernel(g, kernel, false);
-  return std::make_unique<PackedFilter>(taps.data(), g.kernel_h * g.kernel_w * g.small_c,
+  return std::make_unique<PackedFilter>(TapTransposedKernel(g, kernel, false),
+                                        g.kernel_h * g.kernel_w * g.small_c,
                                         g.big_c);
 }
 
