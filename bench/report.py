@@ -237,9 +237,14 @@ def build_step(block, config, mode, seed=0):
 
 
 def sync(outputs):
-    """Wait for every output (``.numpy()`` blocks until the value exists)."""
+    """Wait for every output: ``np.asarray`` blocks until the value exists.
+
+    Not ``.numpy()``: that copies the tensor into fresh memory, which at the big blocks costs
+    more than the op (a 64 MB output is ~15 ms of page faults and copying on the 2-core VM) and
+    would be timed as if it were the op's.
+    """
     for tensor in outputs:
-        tensor.numpy()
+        np.asarray(tensor)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -628,8 +633,8 @@ def header_lines(options, peaks):
         *_build_summary(),
         f"- timing: median of up to {options.repeats} calls per config (at least {MIN_REPEATS}, "
         f"stopping after {REPEAT_BUDGET_S:.0f} s per config) after {options.warmup} warm-up calls, "
-        "perf_counter around a .numpy()-synchronised call; a block's configs are timed "
-        "interleaved, one call each per round; FLOPs and floors from bench/shapes.py",
+        "perf_counter around a call synchronised by np.asarray (no copy); a block's configs are "
+        "timed interleaved, one call each per round; FLOPs and floors from bench/shapes.py",
     ]
 
 
