@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <utility>
 
 #include "scratch.h"
@@ -61,8 +62,8 @@ bool DirectConvAvailable() { return true; }
 
 namespace {
 
-// Small-image pixels per chunk: their rows and the patches they read (or their padded copy)
-// stay in L2.
+// Small-image pixels per chunk: their rows and the patches they read (or the filter
+// gradient's padded copy) stay in L2.
 constexpr int64_t kChunkPixels = 512;
 // The filter gradient's pass: its small rows (up to 64 channels) stay in L1 while every
 // filter tile reads them.
@@ -138,8 +139,8 @@ PaddedShape PaddedBig(const ConvGeometry& g) {
           std::max(g.big_w + g.pad_left, (g.small_w - 1) * g.stride_w + g.kernel_w)};
 }
 
-// A piece of the small images computed in one go (one padded copy): whole images when they are
-// small, else a band of one image's rows; about kChunkPixels small pixels either way.
+// A piece of the small images computed in one go: whole images when they are small, else a
+// band of one image's rows; about kChunkPixels small pixels either way.
 struct Chunk {
   int64_t image, images;  // first image and how many
   int64_t row, rows;      // small rows of each image
@@ -246,7 +247,7 @@ const float* ChunkBase(const ConvGeometry& g, const float* big, const Chunk& chu
 }
 
 // Brings the next chunk's images into L2 a few cache lines per tile while this chunk
-// computes, so that its tiles (or its padded copy) read from L2 instead of waiting on L3.
+// computes, so that its tiles read from L2 instead of waiting on L3.
 class Prefetcher {
  public:
   void Start(std::pair<const float*, const float*> range, int64_t steps) {
@@ -268,10 +269,10 @@ class Prefetcher {
 };
 
 // One slice of the patch (a run of consecutive floats within one kernel row: kernel_w
-// taps x channels are contiguous in both the padded image and the filter) sized so that its
+// taps x channels are contiguous in both the image and the filter) sized so that its
 // filter rows stay in L1 while every tile of a chunk reads them.
 struct PatchSlice {
-  int64_t offset;         // from a patch origin, in the padded image
+  int64_t offset;         // from a patch origin
   int64_t filter_row;     // first filter row
   int64_t length;
 };
@@ -372,7 +373,7 @@ std::pair<int64_t, int64_t> InsideTaps(int64_t origin, int64_t pad, int64_t size
 }
 
 // The valid taps as groups of slices (runs of consecutive floats within one kernel row:
-// taps x channels are contiguous in both the padded image and the filter), each group's
+// taps x channels are contiguous in both the image and the filter), each group's
 // filter rows (at most kL1FilterBytes) read by every tile from L1; a small filter is one
 // group, so its tiles never reload their accumulators.
 using SliceGroups = std::vector<std::vector<PatchSlice>>;
@@ -402,7 +403,7 @@ SliceGroups PatchSlices(const ConvGeometry& g, const ValidTaps& taps,
   return groups;
 }
 
-// Tiles of kRows pixels from a list (patch origins in `padded`, output rows at `at` from
+// Tiles of kRows pixels from a list (patch origins from `padded`, output rows at `at` from
 // `out`) against one column block of the filter, group after group of slices.
 // With `row_stride` > 0 the output rows are consecutive, at[m] + r * row_stride: the tile's
 // offsets stay fixed and only its base moves (small patches feel the difference).
@@ -430,22 +431,34 @@ void ListTiles(const float* padded, const std::vector<int64_t>& origins,
   }
 }
 
-// The small pixels that share their valid taps, with those taps' slices per filter block;
-// `origins` and `at` list the current chunk's pixels of the class.
+// The small pixels that share their valid taps, with those taps' slices per filter block.
 struct TapClass {
   ValidTaps taps;
   std::vector<SliceGroups> groups;  // per column block of the filter
-  std::vector<int64_t> origins;     // patch origins from the chunk's base
-  std::vector<int64_t> at;          // output rows, from the chunk's first
-  int64_t row_stride = 0;           // > 0 when `at` is consecutive rows
 };
 
-// Every class of the conv, and each small pixel's class: `of_row[oh] * columns + of_col[ow]`.
+// One class's pixels in a chunk.
+struct ClassPixels {
+  std::vector<int64_t> origins;  // patch origins from the chunk's base
+  std::vector<int64_t> at;       // output rows, from the chunk's first
+  int64_t row_stride = 0;        // > 0 when `at` is consecutive rows
+};
+
+// A chunk's pixels sorted into the classes, and what that depends on: the chunk's image count
+// and its rows' classes.
+struct SortedChunk {
+  std::vector<int64_t> key;
+  std::vector<ClassPixels> of_class;
+};
+
+// Every class of the conv, each small pixel's class (`of_row[oh] * columns + of_col[ow]`),
+// and the chunks sorted so far: a call sees few distinct ones (a band at the top, the middle
+// ones, a band at the bottom, a shorter last band), each sorted once.
 struct TapClasses {
   std::vector<TapClass> classes;
   std::vector<int64_t> of_row, of_col;
   int64_t columns = 0;
-  std::vector<int64_t> chunk_key;  // what the classes' pixel lists were made for
+  std::deque<SortedChunk> sorted;  // a deque: references to earlier ones stay valid
 };
 
 template <typename Key>
@@ -478,28 +491,11 @@ TapRanges InsideColTaps(const ConvGeometry& g) {
   return taps;
 }
 
-// Whether the tap classes leave out the taps that land on padding (and the tiles then read
-// the images in place, with no padded copy). Not where a patch is too short for that to pay
-// for sorting pixels (the first layer's): one class with every tap keeps the tiles running
-// along whole rows, and class boundaries leave part-filled tiles behind. Measured: patches of
-// 9 and 27 floats 10-15% slower with classes at stride 1, 64 and up 2-13% faster.
-bool SkipsPadding(const ConvGeometry& g) {
-  constexpr int64_t kMinPatch = 64;
-  return g.patch_size() >= kMinPatch;
-}
-
-// True when no tap of any small pixel lands outside the big image (VALID padding).
-bool ReadsNoPadding(const PaddedShape& shape) {
-  return shape.pad_top == 0 && shape.pad_left == 0 && shape.padded_height == shape.height &&
-         shape.padded_width == shape.width;
-}
-
 // The classes, their slices laid out for images `row_floats` apart row to row.
 TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
                           int64_t row_floats) {
-  const bool skip = SkipsPadding(g);
-  const TapRanges row_taps = skip ? InsideRowTaps(g) : TapRanges(g.small_h, {0, g.kernel_h});
-  const TapRanges col_taps = skip ? InsideColTaps(g) : TapRanges(g.small_w, {0, g.kernel_w});
+  const TapRanges row_taps = InsideRowTaps(g);
+  const TapRanges col_taps = InsideColTaps(g);
   TapRanges rows, cols;
   TapClasses result;
   result.of_row = Distinct(row_taps, &rows);
@@ -518,38 +514,39 @@ TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
   return result;
 }
 
-// Sorts the chunk's pixels into their classes (patch origins from its base, output rows
-// from its first). The lists depend only on the chunk's image count and its rows' classes, so
-// a chunk like the one before reuses them: small patches would spend a third of their time
-// here otherwise.
-void ClassifyChunk(const ConvGeometry& g, const PatchLayout& layout, const Chunk& chunk,
-                   std::vector<int64_t>* origins, TapClasses* classes) {
+// The chunk's pixels sorted into their classes (patch origins from its base, output rows
+// from its first), sorted once per distinct chunk: small patches would spend a third of their
+// time here otherwise.
+const SortedChunk& SortChunk(const ConvGeometry& g, const PatchLayout& layout,
+                             const Chunk& chunk, TapClasses* classes) {
   std::vector<int64_t> key = {chunk.images, chunk.rows};
   for (int64_t r = 0; r < chunk.rows; ++r) key.push_back(classes->of_row[chunk.row + r]);
-  if (key == classes->chunk_key) return;
-  classes->chunk_key = std::move(key);
-  for (TapClass& cls : classes->classes) {
-    cls.origins.clear();
-    cls.at.clear();
+  for (const SortedChunk& sorted : classes->sorted) {
+    if (sorted.key == key) return sorted;
   }
-  PatchOrigins(g, layout, chunk, origins);
+  SortedChunk& sorted = classes->sorted.emplace_back();
+  sorted.key = std::move(key);
+  sorted.of_class.resize(classes->classes.size());
+  std::vector<int64_t> origins;
+  PatchOrigins(g, layout, chunk, &origins);
   int64_t pixel = 0;
   for (int64_t i = 0; i < chunk.images; ++i) {
     for (int64_t oh = chunk.row; oh < chunk.row + chunk.rows; ++oh) {
       for (int64_t ow = 0; ow < g.small_w; ++ow, ++pixel) {
-        TapClass& cls = classes->classes[classes->of_row[oh] * classes->columns +
-                                         classes->of_col[ow]];
-        cls.origins.push_back((*origins)[pixel]);
+        ClassPixels& cls =
+            sorted.of_class[classes->of_row[oh] * classes->columns + classes->of_col[ow]];
+        cls.origins.push_back(origins[pixel]);
         cls.at.push_back(pixel * g.small_c);
       }
     }
   }
   // `at` rises by at least one row per pixel, so equal ends mean no gaps.
-  for (TapClass& cls : classes->classes) {
+  for (ClassPixels& cls : sorted.of_class) {
     const int64_t n = cls.at.size();
     const bool consecutive = n > 0 && cls.at.back() - cls.at.front() == (n - 1) * g.small_c;
     cls.row_stride = consecutive ? g.small_c : 0;
   }
+  return sorted;
 }
 
 // The register tile for a column block of `vectors` x 16 channels: 6-8 pixels, so 8-24
@@ -725,24 +722,14 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
                 int64_t first, int64_t end, float* small, const RowsCallback& on_rows,
                 TileEpilogue* epilogue) {
   std::vector<BlockEpilogue> epilogues = BlockEpilogues(filter, epilogue);
-  const PaddedShape shape = PaddedBig(g);
   const std::vector<Chunk> chunks = Chunks(g, first, end);
-  // Where no executed tap lands on padding, the tiles read the images where they lie: the
-  // padded copy would cost a pass over the input for nothing.
-  const bool in_place = SkipsPadding(g) || ReadsNoPadding(shape);
-  PaddedImages padded(shape, in_place ? 0 : PaddedFloats(g, shape, chunks));
-  const int64_t row_floats = in_place ? g.big_w * g.big_c : padded.row_floats();
-  TapClasses classes = MakeTapClasses(g, filter, row_floats);
-  std::vector<int64_t> origins;
+  // No executed tap lands on padding, so the tiles read the images where they lie.
+  TapClasses classes = MakeTapClasses(g, filter, g.big_w * g.big_c);
   Prefetcher prefetch;
   for (size_t c = 0; c < chunks.size(); ++c) {
     const Chunk& chunk = chunks[c];
     const float* base = ChunkBase(g, big, chunk);
-    if (!in_place) {
-      FillChunk(g, big, chunk, &padded);
-      base = padded.data();
-    }
-    ClassifyChunk(g, in_place ? LayoutInPlace(g) : LayoutOf(padded), chunk, &origins, &classes);
+    const SortedChunk& sorted = SortChunk(g, LayoutInPlace(g), chunk, &classes);
     float* out = small + chunk.first_pixel(g) * g.small_c;
     const int64_t pixels = chunk.pixels(g);
     if (c + 1 < chunks.size()) {
@@ -755,10 +742,11 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
     for (int64_t b = 0; b < filter.num_blocks(); ++b) {
       WithTileShape(filter.block_stride(b) / 16, [&](auto tile) {
         using Tile = decltype(tile);
-        for (const TapClass& cls : classes.classes) {
+        for (size_t k = 0; k < classes.classes.size(); ++k) {
+          const ClassPixels& pixels_of = sorted.of_class[k];
           ListTiles<Tile::kRows, Tile::kVectors>(
-              base, cls.origins, cls.at, cls.row_stride, cls.groups[b],
-              filter.block(b),
+              base, pixels_of.origins, pixels_of.at, pixels_of.row_stride,
+              classes.classes[k].groups[b], filter.block(b),
               out + filter.block_col(b), TailMask(filter.block_width(b)),
               BlockEpilogueAt(epilogues, b), &prefetch);
         }

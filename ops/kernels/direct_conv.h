@@ -2,8 +2,9 @@
 //
 // The im2col route copies every patch into a matrix that the BLAS then copies again into its
 // own panel layout; here a tile of output pixels broadcasts its input values straight from
-// the images (from a zero-padded copy only where a patch is too short to sort pixels by the
-// taps that land inside), so each input value is read from cache, never copied twice.
+// the images, so each input value is read from cache, never copied. Pixels are sorted by which
+// kernel taps land inside the image, and each runs only those: none reads or multiplies
+// padding. (The transposed conv and the filter gradient still read a zero-padded copy.)
 // Geometry as in conv_geometry.h: one conv from the big image to the small one, with the
 // filter viewed as a [patch_size, small_c] matrix.
 #pragma once
