@@ -254,8 +254,11 @@ def time_steps(steps, repeats, warmup):
     """Median seconds of one call for each of ``steps`` (name -> step), timed interleaved.
 
     One call of each step per round, the order reversed every other round, so a slow spell
-    of the machine lands on every step alike instead of on whichever ran then. After
-    ``warmup`` calls each (the first one traces/compiles).
+    of the machine lands on every step alike instead of on whichever ran then. Each timed
+    call follows an untimed call of the same step: every step is timed in its steady state,
+    never in the wake of another library (oneDNN's worker threads keep spinning on the cores
+    for about a millisecond after its op returns, which would be charged to whatever ran next).
+    After ``warmup`` calls each (the first one traces/compiles).
     """
     for step in steps.values():
         for _ in range(warmup):
@@ -264,6 +267,7 @@ def time_steps(steps, repeats, warmup):
     order = list(steps.items())
     for round_index in range(repeats):
         for name, step in order if round_index % 2 == 0 else reversed(order):
+            sync(step())
             start = time.perf_counter()
             sync(step())
             seconds[name].append(time.perf_counter() - start)
