@@ -114,7 +114,9 @@ def time_configs(model_name, configs, rounds, steps_per_round, warmup=2):
 
     This VM's speed drifts by 10-30% over seconds, so every config runs ``steps_per_round``
     steps in turn, ``rounds`` times, and each config's median round is reported: a slow spell
-    hits all configs alike instead of whichever happened to be running.
+    hits all configs alike instead of whichever happened to be running. Each round starts
+    with an untimed step, so no config is timed in the wake of another (oneDNN's worker
+    threads spin on the cores for about a millisecond after its ops return).
     """
     batch = tf.constant(sample_images(model_name, BATCH_SIZES[model_name]))
     steps, notes = {}, {}
@@ -125,6 +127,7 @@ def time_configs(model_name, configs, rounds, steps_per_round, warmup=2):
     seconds = {config: [] for config in configs}
     for _ in range(rounds):
         for config in configs:
+            float(steps[config](batch))
             started = time.perf_counter()
             for _ in range(steps_per_round):
                 loss = steps[config](batch)
