@@ -120,12 +120,17 @@ def _update_moving_average(variable, value):
     variable.assign(variable * MOMENTUM + value * (1.0 - MOMENTUM))
 
 
-def fused_forward(block, data, impl):
+def fused_forward(block, data, impl, frozen=False):
+    """``frozen``: the parameters as Const nodes (inference only), as grappler's config has them."""
     import pyae.ops  # pylint: disable=import-outside-toplevel
 
-    kernel, gamma, beta = (tf.Variable(a) for a in (data.kernel, data.gamma, data.beta))
-    moving_mean = tf.Variable(data.moving_mean, trainable=False)
-    moving_variance = tf.Variable(data.moving_variance, trainable=False)
+    if frozen:
+        kernel, gamma, beta, moving_mean, moving_variance = (tf.constant(a) for a in (
+            data.kernel, data.gamma, data.beta, data.moving_mean, data.moving_variance))
+    else:
+        kernel, gamma, beta = (tf.Variable(a) for a in (data.kernel, data.gamma, data.beta))
+        moving_mean = tf.Variable(data.moving_mean, trainable=False)
+        moving_variance = tf.Variable(data.moving_variance, trainable=False)
 
     def forward(x, training):
         y, mean, variance = pyae.ops.fused_conv_bn_leaky_relu(
@@ -135,6 +140,8 @@ def fused_forward(block, data, impl):
             impl=impl,
         )
         if training:
+            if frozen:
+                raise ValueError("a frozen forward is inference only")
             _update_moving_average(moving_mean, mean)
             _update_moving_average(moving_variance, variance)
         return y
@@ -187,12 +194,14 @@ def grappler_forward(block, data):
     return forward, []
 
 
-def _forward_for(block, config, data):
+def _forward_for(block, config, data, mode):
     if config == "native":
         reason = native_unavailable_reason()
         if reason is not None:
             raise Unavailable(f"native op not available: {reason}")
-        return fused_forward(block, data, "native")
+        # In inference the op is compared with grappler's, which needs its weights as
+        # constants to fuse: the op gets them the same way, not through five variable reads.
+        return fused_forward(block, data, "native", frozen=mode == "infer_fwd")
     if config == "tf":
         return fused_forward(block, data, "tf")
     if config in ("keras", "xla"):
@@ -230,7 +239,7 @@ def build_step(block, config, mode, seed=0):
     if mode not in CONFIG_MODES.get(config, ()):
         raise ValueError(f"config {config!r} has no mode {mode!r}")
     data = make_data(block, seed)
-    forward, trainables = _forward_for(block, config, data)
+    forward, trainables = _forward_for(block, config, data, mode)
     function = tf.function(_step_body(forward, trainables, mode), jit_compile=config == "xla")
     x, dy = tf.constant(data.x), tf.constant(data.dy)
     return lambda: function(x, dy)
