@@ -277,9 +277,6 @@ struct PatchSlice {
   int64_t length;
 };
 
-// out[at[r]][0, 16 * kVectors) (+)= sum over the slices of patch values x filter rows, for
-// kRows pixels whose patches start at `origin`. Rows at or past `valid` are neither read nor
-// stored.
 // The epilogue's per-channel vectors for one column block, and its running NaN probe.
 struct BlockEpilogue {
   const float* scale;
@@ -288,23 +285,24 @@ struct BlockEpilogue {
   __m512 probe;
 };
 
+// out[at[r]][0, 16 * kVectors) (+)= sum over the slices of patch values x filter rows, for
+// kRows pixels whose patches start at `origin`.
 template <int kRows, int kVectors>
 void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slices,
               int64_t num_slices, const float* filter, bool accumulate, float* out,
-              const int64_t* at, int64_t valid, __mmask16 last_mask,
-              BlockEpilogue* epilogue = nullptr) {
+              const int64_t* at, __mmask16 last_mask, BlockEpilogue* epilogue) {
   constexpr int64_t kStride = 16 * kVectors;
   __m512 acc[kRows][kVectors];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
     const float* row = out + at[r];
-    const bool load = accumulate && r < valid;
 #pragma GCC unroll 4
     for (int j = 0; j + 1 < kVectors; ++j) {
-      acc[r][j] = load ? _mm512_loadu_ps(row + 16 * j) : _mm512_setzero_ps();
+      acc[r][j] = accumulate ? _mm512_loadu_ps(row + 16 * j) : _mm512_setzero_ps();
     }
-    acc[r][kVectors - 1] = load ? _mm512_maskz_loadu_ps(last_mask, row + 16 * (kVectors - 1))
-                                : _mm512_setzero_ps();
+    acc[r][kVectors - 1] = accumulate
+                               ? _mm512_maskz_loadu_ps(last_mask, row + 16 * (kVectors - 1))
+                               : _mm512_setzero_ps();
   }
   for (int64_t i = 0; i < num_slices; ++i) {
     const float* a[kRows];
@@ -347,12 +345,10 @@ void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slic
   // Fully unrolled, so the accumulators never need an address and stay in registers.
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
-    if (r < valid) {
-      float* row = out + at[r];
+    float* row = out + at[r];
 #pragma GCC unroll 4
-      for (int j = 0; j + 1 < kVectors; ++j) _mm512_storeu_ps(row + 16 * j, acc[r][j]);
-      _mm512_mask_storeu_ps(row + 16 * (kVectors - 1), last_mask, acc[r][kVectors - 1]);
-    }
+    for (int j = 0; j + 1 < kVectors; ++j) _mm512_storeu_ps(row + 16 * j, acc[r][j]);
+    _mm512_mask_storeu_ps(row + 16 * (kVectors - 1), last_mask, acc[r][kVectors - 1]);
   }
 }
 
@@ -403,6 +399,25 @@ SliceGroups PatchSlices(const ConvGeometry& g, const ValidTaps& taps,
   return groups;
 }
 
+// ConvTile for the first `rows` (1 to kRows) of a tile: a class's last tile is often short
+// (the corner pixels of a chunk are a handful), and a full tile would multiply the missing
+// rows too.
+template <int kRows, int kVectors>
+void ConvTileRows(int64_t rows, const float* padded, const int64_t* origin,
+                  const PatchSlice* slices, int64_t num_slices, const float* filter,
+                  bool accumulate, float* out, const int64_t* at, __mmask16 last_mask,
+                  BlockEpilogue* epilogue) {
+  if constexpr (kRows > 1) {
+    if (rows < kRows) {
+      ConvTileRows<kRows - 1, kVectors>(rows, padded, origin, slices, num_slices, filter,
+                                        accumulate, out, at, last_mask, epilogue);
+      return;
+    }
+  }
+  ConvTile<kRows, kVectors>(padded, origin, slices, num_slices, filter, accumulate, out, at,
+                            last_mask, epilogue);
+}
+
 // Tiles of kRows pixels from a list (patch origins from `padded`, output rows at `at` from
 // `out`) against one column block of the filter, group after group of slices.
 // With `row_stride` > 0 the output rows are consecutive, at[m] + r * row_stride: the tile's
@@ -418,14 +433,15 @@ void ListTiles(const float* padded, const std::vector<int64_t>& origins,
   for (size_t i = 0; i < groups.size(); ++i) {
     for (int64_t m = 0; m < pixels; m += kRows) {
       const int64_t valid = std::min<int64_t>(kRows, pixels - m);
-      // A short last tile repeats its last pixel rather than reading past the list.
+      // A fixed count unrolls; entries past `valid` repeat the last pixel and go unused.
       for (int r = 0; r < kRows; ++r) {
         tile_origin[r] = origins[m + std::min<int64_t>(r, valid - 1)];
         if (row_stride == 0) tile_at[r] = at[m + std::min<int64_t>(r, valid - 1)];
       }
-      ConvTile<kRows, kVectors>(padded, tile_origin, groups[i].data(), groups[i].size(), filter,
-                                i > 0, row_stride == 0 ? out : out + at[m], tile_at, valid,
-                                last_mask, i + 1 == groups.size() ? epilogue : nullptr);
+      ConvTileRows<kRows, kVectors>(valid, padded, tile_origin, groups[i].data(),
+                                    groups[i].size(), filter, i > 0,
+                                    row_stride == 0 ? out : out + at[m], tile_at, last_mask,
+                                    i + 1 == groups.size() ? epilogue : nullptr);
       if (prefetch != nullptr) prefetch->Step();
     }
   }
