@@ -647,7 +647,8 @@ def header_lines(options, peaks):
         f"- timing: median of up to {options.repeats} calls per config (at least {MIN_REPEATS}, "
         f"stopping after {REPEAT_BUDGET_S:.0f} s per config) after {options.warmup} warm-up calls, "
         "perf_counter around a call synchronised by np.asarray (no copy); a block's configs are "
-        "timed interleaved, one call each per round; FLOPs and floors from bench/shapes.py",
+        "timed interleaved, one timed call each per round, each right after an untimed call of "
+        "the same config; FLOPs and floors from bench/shapes.py",
     ]
 
 
@@ -669,6 +670,8 @@ NOTES = [
     "- grappler graph: the fused node found in the grappler config's post-optimisation graph "
     "(tf.function run metadata); grappler's remapper fuses Conv2D+FusedBatchNorm+LeakyRelu for "
     "inference only and has no Conv2DBackpropInput (transposed) fusion.",
+    "- inference forward: native and grappler take the parameters as graph constants (grappler "
+    "needs them so to fuse), keras reads its layers' variables.",
 ]
 
 
