@@ -49,10 +49,17 @@ struct Crew::State {
   std::atomic<int> active{0};              // helpers that may be draining `queue`
   std::atomic<int> hired{0};               // helpers scheduled and not yet gone
   std::atomic<bool> dismissed{false};
+  std::thread::id caller = std::this_thread::get_id();  // the thread that made the crew
 };
 
 // A helper's life: join each run as it opens, until dismissed or idle for too long.
 void Crew::Serve(State* state) {
+  // A pool whose queue is full runs the work at once on the thread that scheduled it (Eigen's
+  // does): that is the caller, which has its own part to do.
+  if (std::this_thread::get_id() == state->caller) {
+    state->hired.fetch_sub(1);
+    return;
+  }
   using Clock = std::chrono::steady_clock;
   uint64_t served = 0;
   Clock::time_point idle_since = Clock::now();
@@ -86,7 +93,9 @@ Crew::Crew(int helpers, Scheduler schedule)
 Crew::~Crew() { state_->dismissed.store(true, std::memory_order_release); }
 
 void Crew::Hire() {
-  while (state_->hired.load() < helpers_) {
+  // A count, not a loop on `hired`: a helper run inline leaves at once and would be rehired.
+  const int missing = helpers_ - state_->hired.load();
+  for (int i = 0; i < missing; ++i) {
     state_->hired.fetch_add(1);
     std::shared_ptr<State> state = state_;
     schedule_([state] { Serve(state.get()); });
