@@ -360,22 +360,14 @@ struct ValidTaps {
   int64_t kh_begin, kh_end, kw_begin, kw_end;
 };
 
-// Taps [begin, end) of a kernel placed at `origin` (padded coordinates) that fall on the image.
-std::pair<int64_t, int64_t> InsideTaps(int64_t origin, int64_t pad, int64_t size,
-                                       int64_t kernel) {
-  const int64_t begin = std::min(kernel, std::max<int64_t>(0, pad - origin));
-  const int64_t end = std::max(begin, std::min(kernel, pad + size - origin));
-  return {begin, end};
-}
-
 // The valid taps as groups of slices (runs of consecutive floats within one kernel row:
 // taps x channels are contiguous in both the image and the filter), each group's
 // filter rows (at most kL1FilterBytes) read by every tile from L1; a small filter is one
 // group, so its tiles never reload their accumulators.
 using SliceGroups = std::vector<std::vector<PatchSlice>>;
 
-SliceGroups PatchSlices(const ConvGeometry& g, const ValidTaps& taps,
-                        int64_t padded_row_floats, int64_t filter_stride) {
+SliceGroups PatchSlices(const ConvGeometry& g, const ValidTaps& taps, int64_t row_floats,
+                        int64_t filter_stride) {
   constexpr int64_t kL1FilterBytes = 24 * 1024;
   const int64_t span = g.kernel_w * g.big_c;
   const int64_t first = taps.kw_begin * g.big_c;
@@ -391,7 +383,7 @@ SliceGroups PatchSlices(const ConvGeometry& g, const ValidTaps& taps,
         group_length = 0;
       }
       const int64_t length = std::min(max_length - group_length, first + length_in_row - s);
-      groups.back().push_back({kh * padded_row_floats + s, kh * span + s, length});
+      groups.back().push_back({kh * row_floats + s, kh * span + s, length});
       group_length += length;
       s += length;
     }
@@ -490,19 +482,15 @@ std::vector<int64_t> Distinct(const std::vector<Key>& keys, std::vector<Key>* va
 
 using TapRanges = std::vector<std::pair<int64_t, int64_t>>;
 
-// Per small row, the kernel rows that land on the image; per small column, the columns.
-TapRanges InsideRowTaps(const ConvGeometry& g) {
+// Along one axis, for each of `count` small positions, the taps [begin, end) of a kernel
+// placed at position * stride (padded coordinates) that land on the `size` image pixels.
+TapRanges InsideTaps(int64_t count, int64_t stride, int64_t pad, int64_t size,
+                     int64_t kernel) {
   TapRanges taps;
-  for (int64_t oh = 0; oh < g.small_h; ++oh) {
-    taps.push_back(InsideTaps(oh * g.stride_h, g.pad_top, g.big_h, g.kernel_h));
-  }
-  return taps;
-}
-
-TapRanges InsideColTaps(const ConvGeometry& g) {
-  TapRanges taps;
-  for (int64_t ow = 0; ow < g.small_w; ++ow) {
-    taps.push_back(InsideTaps(ow * g.stride_w, g.pad_left, g.big_w, g.kernel_w));
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t origin = i * stride;
+    const int64_t begin = std::min(kernel, std::max<int64_t>(0, pad - origin));
+    taps.push_back({begin, std::max(begin, std::min(kernel, pad + size - origin))});
   }
   return taps;
 }
@@ -510,8 +498,8 @@ TapRanges InsideColTaps(const ConvGeometry& g) {
 // The classes, their slices laid out for images `row_floats` apart row to row.
 TapClasses MakeTapClasses(const ConvGeometry& g, const PackedFilter& filter,
                           int64_t row_floats) {
-  const TapRanges row_taps = InsideRowTaps(g);
-  const TapRanges col_taps = InsideColTaps(g);
+  const TapRanges row_taps = InsideTaps(g.small_h, g.stride_h, g.pad_top, g.big_h, g.kernel_h);
+  const TapRanges col_taps = InsideTaps(g.small_w, g.stride_w, g.pad_left, g.big_w, g.kernel_w);
   TapRanges rows, cols;
   TapClasses result;
   result.of_row = Distinct(row_taps, &rows);

@@ -148,7 +148,7 @@ std::unique_ptr<ZConv> MakeZConv(const ConvGeometry& g, const float* kernel) {
 }
 
 // The forward's blocks on the direct conv path, largest first: each takes half of one
-// thread's share of what is left (whole padded chunks while that is at least one chunk),
+// thread's share of what is left (whole chunks while that is at least one chunk),
 // down to quarter chunks at the end. Tasks are pulled in order, so the threads finish together
 // however late one of them starts: the last tasks are small.
 ImageBlocks ForwardBlocks(const ConvGeometry& g, const ZConv& z_conv, const Runtime& runtime) {

@@ -117,10 +117,11 @@ void Crew::Run(int64_t num_tasks, const std::function<void(int64_t)>& fn) {
   for (uint64_t spins = 1; state_->active.load() != 0; ++spins) SpinPause(spins);
 }
 
-TaskRunner Crew::Runner() {
-  return [this](int64_t num_tasks, const std::function<void(int64_t)>& fn) {
-    Run(num_tasks, fn);
-  };
+Runtime Crew::AsRuntime() {
+  return {[this](int64_t num_tasks, const std::function<void(int64_t)>& fn) {
+            Run(num_tasks, fn);
+          },
+          helpers_ + 1};
 }
 
 }  // namespace pyae

@@ -57,8 +57,8 @@ class Crew {
   // Runs fn(task) for every task in [0, num_tasks) on the caller and the helpers; returns when
   // all are done.
   void Run(int64_t num_tasks, const std::function<void(int64_t task)>& fn);
-  // Run, as the kernels take it.
-  TaskRunner Runner();
+  // Run and the crew's thread count (the caller included), as the kernels take them.
+  Runtime AsRuntime();
 
   static constexpr int64_t kIdleMicros = 250;
 

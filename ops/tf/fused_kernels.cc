@@ -31,10 +31,6 @@ std::unique_ptr<Crew> CrewFor(OpKernelContext* ctx) {
   });
 }
 
-Runtime RuntimeFor(OpKernelContext* ctx, Crew* crew) {
-  return {crew->Runner(), ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads()};
-}
-
 class FusedConvBnLeakyReluOp : public FusedOpBase {
  public:
   using FusedOpBase::FusedOpBase;
@@ -51,7 +47,7 @@ class FusedConvBnLeakyReluOp : public FusedOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({channels}), &mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({channels}), &variance));
     const std::string err = FusedForward(
-        params, RuntimeFor(ctx, crew.get()), x.flat<float>().data(), kernel.flat<float>().data(),
+        params, crew->AsRuntime(), x.flat<float>().data(), kernel.flat<float>().data(),
         ctx->input(2).flat<float>().data(), ctx->input(3).flat<float>().data(),
         ctx->input(4).flat<float>().data(), ctx->input(5).flat<float>().data(),
         y->flat<float>().data(), mean->flat<float>().data(), variance->flat<float>().data());
@@ -76,7 +72,7 @@ class FusedConvBnLeakyReluGradOp : public FusedOpBase {
                                             /*skip_unused_dx=*/true));
     Tensor *dx = grads[0], *dkernel = grads[1], *dgamma = grads[2], *dbeta = grads[3];
     const std::string err = FusedBackward(
-        params, RuntimeFor(ctx, crew.get()), dy.flat<float>().data(), x.flat<float>().data(),
+        params, crew->AsRuntime(), dy.flat<float>().data(), x.flat<float>().data(),
         kernel.flat<float>().data(), ctx->input(3).flat<float>().data(),
         ctx->input(4).flat<float>().data(), y.flat<float>().data(),
         ctx->input(6).flat<float>().data(), ctx->input(7).flat<float>().data(),
