@@ -59,6 +59,7 @@ NEGATIVE_SLOPE = 0.3
 MOMENTUM = 0.99
 MIN_REPEATS = 5
 REPEAT_BUDGET_S = 3.0
+SETTLE_S = 0.005  # untimed calls of a config before each timed one (see _settle)
 
 
 class Unavailable(Exception):
@@ -259,15 +260,27 @@ def sync(outputs):
 # ----------------------------------------------------------------------------- measuring
 
 
+def _settle(step):
+    """Untimed calls of ``step`` for at least SETTLE_S (one at the least).
+
+    oneDNN's worker threads keep spinning on the cores for a few milliseconds after its op
+    returns; whatever ran next would be charged for it (one 1 ms call is too short: the
+    native op at Cartoon enc5 timed 25% slower after one such call than after three).
+    """
+    start = time.perf_counter()
+    sync(step())
+    while time.perf_counter() - start < SETTLE_S:
+        sync(step())
+
+
 def time_steps(steps, repeats, warmup):
     """Median seconds of one call for each of ``steps`` (name -> step), timed interleaved.
 
     One call of each step per round, the order reversed every other round, so a slow spell
     of the machine lands on every step alike instead of on whichever ran then. Each timed
-    call follows an untimed call of the same step: every step is timed in its steady state,
-    never in the wake of another library (oneDNN's worker threads keep spinning on the cores
-    for about a millisecond after its op returns, which would be charged to whatever ran next).
-    After ``warmup`` calls each (the first one traces/compiles).
+    call follows untimed calls of the same step (``_settle``): every step is timed in its
+    steady state, never in the wake of another library. After ``warmup`` calls each (the
+    first one traces/compiles).
     """
     for step in steps.values():
         for _ in range(warmup):
@@ -276,7 +289,7 @@ def time_steps(steps, repeats, warmup):
     order = list(steps.items())
     for round_index in range(repeats):
         for name, step in order if round_index % 2 == 0 else reversed(order):
-            sync(step())
+            _settle(step)
             start = time.perf_counter()
             sync(step())
             seconds[name].append(time.perf_counter() - start)
@@ -647,8 +660,8 @@ def header_lines(options, peaks):
         f"- timing: median of up to {options.repeats} calls per config (at least {MIN_REPEATS}, "
         f"stopping after {REPEAT_BUDGET_S:.0f} s per config) after {options.warmup} warm-up calls, "
         "perf_counter around a call synchronised by np.asarray (no copy); a block's configs are "
-        "timed interleaved, one timed call each per round, each right after an untimed call of "
-        "the same config; FLOPs and floors from bench/shapes.py",
+        "timed interleaved, one timed call each per round, each right after untimed calls of "
+        f"the same config for {SETTLE_S * 1e3:.0f} ms; FLOPs and floors from bench/shapes.py",
     ]
 
 
