@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pyae import cli
+from pyae import cli, runs
 
 SAMPLERS = ("uniform", "normal", "gaussian", "gmm")
 RUN_FILES = ["config.json", "metrics.json", "loss.csv", "model.weights.h5",
@@ -236,7 +236,7 @@ def test_bench_runs_the_report_script_with_extra_arguments(tmp_path, capfd):
     ("fashion_mnist", 60000, 128), ("fashion_mnist", 1500, 32), ("cartoon", 100000, 32),
     ("cartoon", 100, 16)])
 def test_default_batch_size_gives_enough_steps(preset, images, batch_size):
-    assert cli.default_batch_size(preset, images) == batch_size
+    assert runs.default_batch_size(preset, images) == batch_size
 
 
 def test_out_folder_holding_another_run_is_refused(trained_run, capsys):

@@ -1,4 +1,5 @@
-"""pyae.layers.fuse_model: Conv -> BN -> LeakyReLU chains become fused layers, outputs kept."""
+"""pyae.fusion.fuse_model (also importable from pyae.layers): Conv -> BN -> LeakyReLU chains
+become fused layers, outputs kept."""
 import keras
 import numpy as np
 import pytest
@@ -234,3 +235,10 @@ def test_subclassed_model_is_a_value_error():
 def test_bad_impl_is_a_value_error():
     with pytest.raises(ValueError, match="impl='gpu'"):
         fuse_model(tutorial_encoder(), impl="gpu")
+
+
+def test_fuse_model_lives_in_pyae_fusion_and_stays_importable_from_layers():
+    from pyae import fusion, layers
+
+    assert layers.fuse_model is fusion.fuse_model
+    assert layers.FuseReport is fusion.FuseReport and layers.FusedChain is fusion.FusedChain

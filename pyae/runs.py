@@ -1,0 +1,304 @@
+"""The run folder: what ``pyae train`` writes and every other command reads.
+
+One folder per run::
+
+    config.json        {"data": ..., "model": ..., "train": ...}: enough to rebuild both
+    model.weights.h5   the final weights (written when training ends)
+    epoch-NNNNNN/      per-epoch checkpoints (pyae.train); the last complete one resumes a run
+    loss.csv           one row per epoch (pyae.train)
+    metrics.json       {section: values}, one section per analysis
+    *.png              the figures of pyae.analysis
+
+Every file here is written to a temporary name and renamed into place, so a killed process
+leaves the old file or the new one, never half of one. A damaged file is named in the error
+(:class:`RunFolderError`); damaged final weights fall back to the last complete epoch
+checkpoint when there is one. The functions take plain values, not argparse namespaces:
+the CLI, the training code and a notebook share them.
+"""
+import datetime
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+WEIGHTS_FILE = "model.weights.h5"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+LOSS_FILE = "loss.csv"
+PRESET_BATCH_SIZE = {"fashion_mnist": 128, "cartoon": 32}
+MIN_STEPS_PER_EPOCH = 40
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message names the folder or file."""
+
+
+# --------------------------------------------------------------------------- atomic files
+
+def _temporary_name(path):
+    """A sibling of ``path`` that keeps its suffixes (Keras checks ``.weights.h5``)."""
+    path = Path(path)
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def write_text_atomically(path, text):
+    """Write ``text`` to ``path`` through a temporary file renamed into place."""
+    temporary = _temporary_name(path)
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def jsonable(value):
+    """numpy scalars/arrays and tuples as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if hasattr(value, "tolist"):
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity (PSNR of identical images is inf)
+    return value
+
+
+def write_json(path, payload):
+    write_text_atomically(path, json.dumps(jsonable(payload), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    """The JSON object in ``path``; RunFolderError naming the file if it is damaged."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunFolderError(f"{path}: damaged file ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict):
+        raise RunFolderError(f"{path}: damaged file (expected a JSON object, got "
+                             f"{type(payload).__name__})")
+    return payload
+
+
+def save_weights(model, run_dir):
+    """The model's weights as the run's model.weights.h5, renamed into place when complete."""
+    path = Path(run_dir) / WEIGHTS_FILE
+    temporary = _temporary_name(path)
+    try:
+        model.save_weights(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- metrics
+
+def update_metrics(run_dir, section, values):
+    """Merge ``{section: values}`` into the run's metrics.json (keys of a section too).
+
+    A damaged metrics.json is kept beside it as ``metrics.json.damaged`` with a warning,
+    and a fresh one started: every section is rewritten by the command that makes it.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    metrics = _readable_metrics(path)
+    previous = metrics.get(section)
+    values = jsonable(values)
+    if isinstance(previous, dict) and isinstance(values, dict):
+        values = {**previous, **values}
+    metrics[section] = values
+    write_json(path, metrics)
+    return metrics
+
+
+def _readable_metrics(path):
+    if not path.is_file():
+        return {}
+    try:
+        return read_json(path)
+    except RunFolderError as err:
+        kept = path.with_name(path.name + ".damaged")
+        shutil.copyfile(path, kept)
+        warnings.warn(f"{err}; kept it as {kept.name} and started a fresh {path.name}",
+                      stacklevel=3)
+        return {}
+
+
+def read_metrics(run_dir):
+    path = Path(run_dir) / METRICS_FILE
+    return read_json(path) if path.is_file() else {}
+
+
+# --------------------------------------------------------------------------- config
+
+def default_run_dir(dataset_spec):
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset_spec.replace("folder:", "folder-"))
+    name = name.strip("-")[:60] or "run"
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def default_preset(dataset_spec):
+    """The tutorial's model for a dataset: 28x28 Fashion-MNIST or the Cartoon Set one."""
+    return "fashion_mnist" if dataset_spec in ("digits", "fashion_mnist") else "cartoon"
+
+
+def default_batch_size(preset, train_images):
+    """The tutorial's batch size (128 Fashion-MNIST, 32 Cartoon), halved down to 16 until an
+    epoch has MIN_STEPS_PER_EPOCH steps: BatchNorm's moving statistics (momentum 0.99) need
+    a few hundred steps to settle, and a small dataset gives few steps per epoch."""
+    batch_size = PRESET_BATCH_SIZE[preset]
+    while batch_size > 16 and train_images / batch_size < MIN_STEPS_PER_EPOCH:
+        batch_size //= 2
+    return batch_size
+
+
+def read_config(run_dir):
+    return read_json(Path(run_dir) / CONFIG_FILE)
+
+
+def check_resumable(run_dir, config):
+    """The config of the run already in ``run_dir`` (None if there is none), refusing a
+    folder that holds another run: the same data and model resume it, anything else would
+    mix two runs in one folder."""
+    config_path = Path(run_dir) / CONFIG_FILE
+    if not config_path.is_file():
+        return None
+    previous = read_json(config_path)
+    if previous.get("data") != jsonable(config["data"]) or \
+            previous.get("model") != jsonable(config["model"]):
+        raise RunFolderError(f"{run_dir}: the folder holds a run with another dataset or "
+                             "model; choose another folder (the same options resume that run)")
+    return previous
+
+
+def has_epoch_checkpoint(run_dir):
+    return any(path.is_dir() for path in Path(run_dir).glob("epoch-*"))
+
+
+def check_run_dir(run_dir):
+    """The run folder as a Path if it holds a config and a checkpoint, else RunFolderError."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: no such run folder")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunFolderError(f"{run_dir}: not a pyae run folder (no {CONFIG_FILE})")
+    if not (run_dir / WEIGHTS_FILE).is_file() and not has_epoch_checkpoint(run_dir):
+        raise RunFolderError(f"{run_dir}: run folder has no checkpoint ({WEIGHTS_FILE} or "
+                             "epoch-*/); train one with `pyae train --out DIR`")
+    return run_dir
+
+
+# --------------------------------------------------------------------------- data and model
+
+def load_run_dataset(data_config):
+    """The dataset a run was trained on, limited as it was at training time."""
+    from pyae import data as data_lib
+
+    options = {"seed": data_config["seed"]}
+    if data_config.get("fashion_mnist_path"):
+        options["fashion_mnist_path"] = data_config["fashion_mnist_path"]
+    if data_config.get("image_size"):
+        options["image_size"] = data_config["image_size"]
+    if data_config.get("limit") and data_config["dataset"].startswith("folder:"):
+        options["limit"] = data_config["limit"]  # read only that many files
+    try:
+        dataset = data_lib.load_dataset(data_config["dataset"], **options)
+    except data_lib.DatasetUnavailableError as err:
+        raise RunFolderError(str(err)) from None
+    return limit_dataset(dataset, data_config.get("limit"))
+
+
+def limit_dataset(dataset, limit):
+    if not limit:
+        return dataset
+    dataset.x_train, dataset.x_test = dataset.x_train[:limit], dataset.x_test[:limit]
+    if dataset.y_train is not None:
+        dataset.y_train, dataset.y_test = dataset.y_train[:limit], dataset.y_test[:limit]
+    return dataset
+
+
+def build_model(model_config):
+    """The run's (untrained) model from the "model" section of its config."""
+    from pyae import models
+
+    options = dict(model_config)
+    preset = options.pop("preset")
+    options["input_shape"] = tuple(options["input_shape"])
+    try:
+        return models.build(preset, **options)
+    except (ValueError, KeyError) as err:
+        raise RunFolderError(f"cannot build the {preset} model for input shape "
+                             f"{options['input_shape']}: {err}") from None
+
+
+def load_weights(model, run_dir):
+    """The run's final weights into ``model``, or its last complete epoch when the final
+    weights are missing (training stopped early) or damaged (with a warning naming them)."""
+    run_dir = Path(run_dir)
+    path = run_dir / WEIGHTS_FILE
+    if path.is_file():
+        try:
+            model.load_weights(path)
+            return path
+        except Exception as err:  # h5py and Keras raise several unrelated types
+            damage = f"{path}: damaged file ({type(err).__name__}: {_first_line(err)})"
+            if not has_epoch_checkpoint(run_dir):
+                raise RunFolderError(damage + "; no epoch-*/ checkpoint to fall back on") \
+                    from None
+            warnings.warn(damage + "; using the last complete epoch checkpoint instead",
+                          stacklevel=2)
+    return restore_last_epoch(model, run_dir)
+
+
+def restore_last_epoch(model, run_dir):
+    """The last complete epoch checkpoint of ``run_dir`` into ``model``; its folder."""
+    from pyae import train as train_lib
+
+    epoch = train_lib.Trainer(model, checkpoint_dir=str(run_dir)).restore()
+    if not epoch:
+        raise RunFolderError(f"{run_dir}: no complete epoch checkpoint")
+    return Path(run_dir) / f"epoch-{epoch:06d}"
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def load_run(run_dir):
+    """(run folder Path, model with the run's weights, dataset) of a trained run."""
+    run_dir = check_run_dir(run_dir)
+    config = read_config(run_dir)
+    model = build_model(config["model"])
+    load_weights(model, run_dir)
+    return run_dir, model, load_run_dataset(config["data"])
+
+
+def train_run(run_dir, model, dataset, config, verbose=True):
+    """Fit ``model`` on the dataset as ``config["train"]`` says (a checkpoint and loss.csv
+    per epoch, resuming from the folder's last complete epoch), save the final weights and
+    the step that ran into the folder; return the trained model."""
+    from pyae import train as train_lib
+
+    train_config = config["train"]
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG_FILE, config)
+    trainer = train_lib.Trainer(model, step=train_config["step"], seed=train_config["seed"],
+                                checkpoint_dir=str(run_dir))
+    trainer.fit(dataset.x_train, epochs=train_config["epochs"],
+                batch_size=train_config["batch_size"], validation_data=dataset.x_test,
+                verbose=1 if verbose else 0)
+    save_weights(trainer.model, run_dir)
+    train_config["chosen_step"] = trainer.chosen_step
+    train_config["step_reason"] = trainer.step_reason
+    write_json(run_dir / CONFIG_FILE, config)
+    return trainer.model
