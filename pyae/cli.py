@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -97,9 +98,39 @@ def _check_existing_dir(path, option):
         raise CliError(f"{option} {path}: no such folder")
 
 
+# --------------------------------------------------------------------------- TensorFlow
+
+def import_tensorflow_quietly():
+    """Import TensorFlow without its C++ start-up lines on the console.
+
+    TF 2.21 writes them (oneDNN notice, CUDA driver probing) before its logging is set up,
+    so TF_CPP_MIN_LOG_LEVEL cannot hold them back: stderr is captured while TF imports and
+    shown only if the import fails. Later C++ lines follow TF_CPP_MIN_LOG_LEVEL, 3 here
+    unless the user set it: a CPU-only machine would otherwise print "failed call to cuInit"
+    as an error on the first use of a device, and real failures reach Python as exceptions."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    console = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(console, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(console, 2)
+            os.close(console)
+
+
 # --------------------------------------------------------------------------- commands
 # Each command turns its arguments into plain values and calls pyae.runs (the run folder)
-# and pyae.analysis (figures and metrics); TensorFlow is imported there, after parsing.
+# and pyae.analysis (figures and metrics). It checks what it can without TensorFlow first
+# (paths, the run folder), then imports it quietly: a bad path answers at once.
 
 def _dataset_config(args, dataset_spec):
     return {"dataset": dataset_spec, "fashion_mnist_path": args.fashion_mnist_path,
@@ -117,10 +148,11 @@ def _model_config(args, preset, dataset):
 
 
 def command_train(args):
-    from pyae import analysis, runs
-
     dataset_spec = check_dataset_spec(args.dataset)
     _check_existing_dir(args.fashion_mnist_path, "--fashion-mnist-path")
+    import_tensorflow_quietly()
+    from pyae import analysis, runs
+
     data_config = _dataset_config(args, dataset_spec)
     dataset = runs.load_run_dataset(data_config)
     preset = args.preset or runs.default_preset(dataset_spec)
@@ -143,61 +175,67 @@ def command_train(args):
 
 
 def command_reconstruct(args):
+    run = _load_run(args.run)
     from pyae import analysis
 
-    report = analysis.reconstruction_step(*_load_run(args.run), n=args.n)
+    report = analysis.reconstruction_step(*run, n=args.n)
     _print_report("reconstruction", report)
     return EXIT_OK
 
 
 def command_latent(args):
+    run = _load_run(args.run)
     from pyae import analysis
 
-    report = analysis.latent_step(*_load_run(args.run), args.projection, args.max_points,
+    report = analysis.latent_step(*run, args.projection, args.max_points,
                                   args.seed)
     _print_report("representation", report)
     return EXIT_OK
 
 
 def command_sample(args):
+    run = _load_run(args.run)
     from pyae import analysis
 
     report = analysis.sample_and_interpolate(
-        *_load_run(args.run), args.samplers, args.n, args.interpolation, args.seed,
+        *run, args.samplers, args.n, args.interpolation, args.seed,
         verbose=not args.quiet)
     _print_report("samplers", report)
     return EXIT_OK
 
 
 def command_evaluate(args):
+    run = _load_run(args.run)
     from pyae import analysis
 
-    metrics = analysis.evaluate_run(*_load_run(args.run), args.samplers, args.n,
+    metrics = analysis.evaluate_run(*run, args.samplers, args.n,
                                     args.seed, verbose=not args.quiet)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return EXIT_OK
 
 
 def command_denoise(args):
+    run = _load_run(args.run)
     from pyae import analysis, applications
 
     def restore(model, images):
         return applications.denoise(model, images, noise_std=args.noise_std, seed=args.seed)
 
-    summary = analysis.restoration_step(*_load_run(args.run), "denoise", restore,
+    summary = analysis.restoration_step(*run, "denoise", restore,
                                         args.images, args.n)
     _print_report("denoise", summary)
     return EXIT_OK
 
 
 def command_inpaint(args):
+    run = _load_run(args.run)
     from pyae import analysis, applications
 
     def restore(model, images):
         return applications.inpaint(model, images, mask_fraction=args.mask_fraction,
                                     seed=args.seed)
 
-    summary = analysis.restoration_step(*_load_run(args.run), "inpaint", restore,
+    summary = analysis.restoration_step(*run, "inpaint", restore,
                                         args.images, args.n)
     _print_report("inpaint", summary)
     return EXIT_OK
@@ -211,6 +249,7 @@ def _load_run(run_dir):
         runs.check_run_dir(run_dir)
     except runs.RunFolderError as err:
         raise CliError(f"--run {err}") from None
+    import_tensorflow_quietly()
     return runs.load_run(run_dir)
 
 
@@ -408,7 +447,10 @@ USER_ERRORS = (CliError, FileNotFoundError, NotADirectoryError, ValueError, KeyE
 
 
 def main(argv=None):
-    """Entry point of the ``pyae`` console script; returns the exit status."""
+    """Entry point of the ``pyae`` console script; returns the exit status.
+
+    The arguments are parsed before anything imports TensorFlow (the commands import it),
+    so ``--help`` and usage errors answer at once."""
     args = build_parser().parse_args(argv)
     if getattr(args, "extra", None) and args.extra[0] == "--":
         args.extra = args.extra[1:]

@@ -175,6 +175,35 @@ def test_python_dash_m_help_and_error():
         "pyae latent: error: --run /no/run: no such run folder")
 
 
+def imported_modules(importtime_stderr):
+    """The modules a ``python -X importtime`` run imported, from its stderr."""
+    return {line.rsplit("|", 1)[-1].strip() for line in importtime_stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+@pytest.fixture
+def pyae_script(tmp_path):
+    """The console script pip writes for ``pyae`` (entry point pyae.cli:main)."""
+    script = tmp_path / "bin" / "pyae"
+    script.parent.mkdir()
+    script.write_text("import sys\nfrom pyae.cli import main\nsys.exit(main())\n")
+    return script
+
+
+@pytest.mark.parametrize("launcher", ["console script", "python -m pyae"])
+@pytest.mark.parametrize("argv, status", [
+    (["--help"], 0), (["train", "--help"], 0), (["train", "--epochs", "0"], 2),
+    (["latent", "--run", "/no/such/run"], 2)])
+def test_the_command_answers_without_importing_tensorflow(pyae_script, launcher, argv, status):
+    start = [str(pyae_script)] if launcher == "console script" else ["-m", "pyae"]
+    result = subprocess.run([sys.executable, "-X", "importtime", *start, *argv],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stderr
+    imported = imported_modules(result.stderr)
+    assert "pyae.cli" in imported
+    assert not {"tensorflow", "keras"} & imported
+
+
 def write_idx_gz(path, array):
     """An IDX file (ubyte) as Fashion-MNIST ships it, gzip-compressed."""
     import gzip

@@ -1,5 +1,9 @@
 """pyae.fusion.fuse_model (also importable from pyae.layers): Conv -> BN -> LeakyReLU chains
 become fused layers, outputs kept."""
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -242,3 +246,19 @@ def test_fuse_model_lives_in_pyae_fusion_and_stays_importable_from_layers():
 
     assert layers.fuse_model is fusion.fuse_model
     assert layers.FuseReport is fusion.FuseReport and layers.FusedChain is fusion.FusedChain
+
+
+def test_a_keras_file_with_fused_layers_loads_after_plain_import_pyae(tmp_path):
+    # A fresh process: in this one the classes are registered already.
+    inputs = keras.Input((8, 8, 2))
+    outputs = FusedConvBNLeakyReLU(4, 3, padding="same")(inputs)
+    path = tmp_path / "fused.keras"
+    keras.Model(inputs, outputs).save(path)
+    code = ("import sys\nimport pyae\nimport keras\n"
+            "model = keras.saving.load_model(sys.argv[1])\n"
+            "print(type(model.layers[-1]).__name__)\n")
+    loaded = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                            timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["FusedConvBNLeakyReLU"]
