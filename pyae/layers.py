@@ -65,10 +65,10 @@ def _check_range(name, value, low, high=None):
     return float(value)
 
 
-def _check_epsilon(epsilon):
-    if not isinstance(epsilon, (int, float)) or not epsilon > 0:
-        raise ValueError(f"epsilon must be a number > 0, got epsilon={epsilon!r}")
-    return float(epsilon)
+def _check_op_params(epsilon, negative_slope):
+    """The kernels' own rule (pyae.ops.geometry asks the native contract)."""
+    geometry.check_op_params(epsilon, negative_slope)
+    return float(epsilon), float(negative_slope)
 
 
 # --------------------------------------------------------------------------- layers
@@ -117,7 +117,7 @@ class _FusedConvBNLeakyReLUBase(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.momentum = _check_range("momentum", momentum, 0.0, 1.0)
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon, self.negative_slope = _check_op_params(epsilon, negative_slope)
         self.center = bool(center)
         self.scale = bool(scale)
         self.beta_initializer = keras.initializers.get(beta_initializer)
@@ -128,7 +128,6 @@ class _FusedConvBNLeakyReLUBase(keras.layers.Layer):
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
         self.beta_constraint = keras.constraints.get(beta_constraint)
         self.gamma_constraint = keras.constraints.get(gamma_constraint)
-        self.negative_slope = _check_range("negative_slope", negative_slope, 0.0)
         self.impl = _check_impl(impl)
         # Keras' fit() compiles with XLA when every layer supports it; a custom op cannot.
         self.supports_jit = impl != "native"

@@ -1,4 +1,10 @@
-"""Float64 numpy reference of the fused op, written from the definitions (no TF, no pyae)."""
+"""Float64 numpy reference of the fused op, written from the definitions (no TF, no pyae).
+
+Its geometry (_out_len, _transpose_len, _pad_before) deliberately does not come from the
+kernel contract (ops/kernels/conv_geometry.h, asked through pyae.ops.geometry): a reference
+that borrowed the code under test would agree with any bug in it. The contract is checked
+against this copy by every op test, and against its Python mirror by tests/test_contract.py.
+"""
 import numpy as np
 
 

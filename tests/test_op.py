@@ -16,61 +16,8 @@ import pyae.ops
 from pyae.ops import _loader
 
 import reference
-
-# (batch, height, width, in_channels, filters, kernel, stride, padding, transpose)
-FASHION_BLOCKS = [
-    (4, 28, 28, 1, 32, 3, 1, "same", False),
-    (4, 28, 28, 32, 64, 3, 2, "same", False),
-    (4, 14, 14, 64, 64, 3, 2, "same", False),
-    (4, 7, 7, 64, 64, 3, 1, "same", False),
-    (4, 7, 7, 64, 64, 3, 1, "same", True),
-    (4, 7, 7, 64, 64, 3, 2, "same", True),
-    (4, 14, 14, 64, 32, 3, 2, "same", True),
-]
-CARTOON_BLOCKS = [
-    (2, 256, 256, 3, 32, 3, 2, "same", False),
-    (2, 64, 64, 64, 64, 3, 2, "same", False),
-    (2, 16, 16, 64, 64, 3, 2, "same", False),
-    (2, 8, 8, 64, 64, 3, 2, "same", True),
-    (2, 64, 64, 64, 32, 3, 2, "same", True),
-]
-AWKWARD = [
-    (1, 9, 7, 3, 5, 3, 1, "same", False),      # batch 1, odd sizes
-    (3, 11, 13, 1, 4, 5, 2, "same", False),    # kernel 5, one channel
-    (2, 10, 9, 3, 6, 1, 1, "valid", False),    # kernel 1, VALID
-    (2, 12, 11, 4, 3, 5, 3, "valid", False),   # stride 3, VALID
-    (1, 5, 6, 3, 2, 3, 2, "valid", True),      # transposed VALID, k > s
-    (2, 4, 5, 2, 3, 1, 2, "valid", True),      # transposed VALID, k < s
-    (3, 6, 5, 3, 1, 5, 1, "same", True),       # transposed, one filter
-    (1, 37, 35, 3, 5, 3, 1, "same", False),    # image copied in bands, short last band
-    (2, 61, 53, 2, 4, 5, 2, "valid", False),   # bands of a strided VALID conv
-    (2, 3, 2, 4, 3, 5, 1, "same", False),      # kernel larger than the image
-]
-ALL_SHAPES = FASHION_BLOCKS + CARTOON_BLOCKS + AWKWARD
-
-
-def shape_id(case):
-    n, h, w, c, f, k, s, pad, transpose = case
-    kind = "convT" if transpose else "conv"
-    return f"{kind}-{n}x{h}x{w}x{c}-f{f}-k{k}-s{s}-{pad}"
-
-
-def make_inputs(rng, case, gamma_scale=1.0, beta_scale=0.2):
-    n, h, w, c, f, k, _, _, transpose = case
-    kernel_shape = (k, k, f, c) if transpose else (k, k, c, f)
-    return {
-        "x": rng.normal(size=(n, h, w, c)).astype(np.float32),
-        "kernel": (rng.normal(size=kernel_shape) / np.sqrt(k * k * c)).astype(np.float32),
-        "gamma": (gamma_scale * rng.uniform(0.5, 1.5, size=f)).astype(np.float32),
-        "beta": (beta_scale * rng.normal(size=f)).astype(np.float32),
-        "moving_mean": (0.1 * rng.normal(size=f)).astype(np.float32),
-        "moving_variance": rng.uniform(0.5, 2.0, size=f).astype(np.float32),
-    }
-
-
-def op_attrs(case, training):
-    *_, s, pad, transpose = case
-    return {"strides": (s, s), "padding": pad, "training": training, "transpose": transpose}
+from op_cases import (ALL_SHAPES, AWKWARD, CARTOON_BLOCKS, FASHION_BLOCKS, make_inputs, op_attrs,
+                      shape_id)
 
 
 def assert_close(actual, expected, rtol=2e-5, name=""):

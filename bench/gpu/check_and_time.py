@@ -1,34 +1,53 @@
-"""Checks the CUDA fused Conv + BN + LeakyReLU op against PyTorch and times it.
+"""Checks the fused Conv + BN + LeakyReLU op against a float64 reference and times it.
 
-Runs on a GPU machine with PyTorch but no TensorFlow, against the pybind11 module built by
-``bench/gpu/run.sh``. For every case and both modes (training, inference) it
+On a GPU machine (PyTorch, no TensorFlow) it drives the CUDA kernels of the pybind11 module
+that ``bench/gpu/run.sh`` builds. For every case and both modes (training, inference) it
 
 * poisons every output with NaN, runs the fused forward and backward (FMA, then TF32),
-* compares y, the batch moments, dx, dW, dgamma and dbeta with a float64 PyTorch reference
-  (conv2d / conv_transpose2d + batch_norm + leaky_relu, autograd), as
-  max|fused - ref| / max|ref|, against 1e-5 (FMA) and 1e-3 (TF32),
+* compares y, the batch moments, dx, dW, dgamma and dbeta with a float64 reference
+  (PyTorch: conv2d / conv_transpose2d + batch_norm + leaky_relu and autograd; without
+  PyTorch, tests/reference.py) as max|fused - ref| / max|ref|, against 1e-5 (FMA) and 1e-3
+  (TF32),
 * checks that a second run gives bit-identical results,
 
-then times fused vs PyTorch eager (cuDNN) vs torch.compile at the tutorial's shapes with CUDA
-events (warm-up, median), printing each shape's FLOP and byte floor beside the time.
+then times fused vs PyTorch eager (cuDNN, channels_last) vs torch.compile at the tutorial's
+shapes (median of interleaved runs), each with its FLOP and byte floor.
+
+``--dry-run`` runs the same flow on this machine's CPU kernels (pyae._native), with PyTorch
+on the CPU as the reference and the baseline when it is installed, at small batches: what
+the GPU session runs has run once before it gets a device.
 
 The reference's LeakyReLU derivative uses the fused op's own sign of y: where float32 and
-float64 disagree on the sign of a pre-activation within rounding of 0, the two gradients are
-both right and differ by (1 - slope); the count of such elements is printed instead.
+float64 disagree on the sign of a pre-activation within rounding of 0, both gradients are
+right and differ by (1 - slope); the count of such elements is printed instead.
 """
 import argparse
 import collections
-import importlib
+import json
 import math
+import os
 import statistics
 import sys
+import time
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+import reference  # noqa: E402  tests/reference.py: the float64 numpy reference
+from native_module import load_native  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the numpy reference and fused-only timings
+    torch = F = None
 
 EPSILON = 1e-3
 FMA_TOLERANCE = 1e-5
 TF32_TOLERANCE = 1e-3
+DRY_RUN_BATCH = 2
 
 Case = collections.namedtuple(
     "Case",
@@ -38,11 +57,12 @@ Case = collections.namedtuple(
 
 
 def block(name, batch, size, in_c, out_c, stride, transpose, kernel=3, padding="same"):
-    return Case(name, batch, size, size, in_c, out_c, kernel, (stride, stride), padding, transpose)
+    return Case(name, batch, size, size, in_c, out_c, (kernel, kernel), (stride, stride), padding,
+                transpose)
 
 
-def tutorial_cases():
-    fashion = [
+def fashion_cases():
+    return [
         block("fmnist enc1 conv 28x28x1->32 s1", 128, 28, 1, 32, 1, False),
         block("fmnist enc2 conv 28x28x32->64 s2", 128, 28, 32, 64, 2, False),
         block("fmnist enc3 conv 14x14x64->64 s2", 128, 14, 64, 64, 2, False),
@@ -51,16 +71,20 @@ def tutorial_cases():
         block("fmnist dec2 convT 7x7x64->64 s2", 128, 7, 64, 64, 2, True),
         block("fmnist dec3 convT 14x14x64->32 s2", 128, 14, 64, 32, 2, True),
     ]
-    cartoon = [block("cartoon enc1 conv 256x256x3->32 s2", 32, 256, 3, 32, 2, False)]
-    cartoon += [
-        block(f"cartoon enc conv {s}x{s}x{c}->64 s2", 32, s, c, 64, 2, False)
-        for s, c in ((128, 32), (64, 64), (32, 64), (16, 64))
-    ]
-    cartoon += [
-        block(f"cartoon dec convT {s}x{s}x64->64 s2", 32, s, 64, 64, 2, True) for s in (8, 16, 32)
-    ]
-    cartoon.append(block("cartoon dec convT 64x64x64->32 s2", 32, 64, 64, 32, 2, True))
-    return fashion + cartoon
+
+
+def cartoon_cases():
+    cases = [block("cartoon enc1 conv 256x256x3->32 s2", 32, 256, 3, 32, 2, False)]
+    cases += [block(f"cartoon enc conv {s}x{s}x{c}->64 s2", 32, s, c, 64, 2, False)
+              for s, c in ((128, 32), (64, 64), (32, 64), (16, 64))]
+    cases += [block(f"cartoon dec convT {s}x{s}x64->64 s2", 32, s, 64, 64, 2, True)
+              for s in (8, 16, 32)]
+    cases.append(block("cartoon dec convT 64x64x64->32 s2", 32, 64, 64, 32, 2, True))
+    return cases
+
+
+def tutorial_cases():
+    return fashion_cases() + cartoon_cases()
 
 
 def awkward_cases():
@@ -86,16 +110,14 @@ def awkward_cases():
     ]
 
 
-def sanitize_cases():
-    return [
-        Case("sanitize conv b2 9x9x3->5 k3 s2 same", 2, 9, 9, 3, 5, (3, 3), (2, 2), "same", False),
-        Case("sanitize convT b2 5x5x3->5 k3 s2 same", 2, 5, 5, 3, 5, (3, 3), (2, 2), "same", True),
-        Case("sanitize recompute", 2, 5, 5, 3, 5, (3, 3), (1, 1), "valid", True, 0.3, "zero"),
-    ]
+def at_batch(cases, batch):
+    return [case._replace(batch=min(case.batch, batch)) for case in cases]
 
 
 # ---------------------------------------------------------------------------------------------
-# Geometry (TensorFlow SAME/VALID, Keras Conv2DTranspose), computed here independently of C++.
+# Geometry: this script's own (TensorFlow SAME/VALID, Keras Conv2DTranspose). A reference
+# must not borrow the code it checks, so it is written here again rather than asked of the
+# kernels' contract (ops/kernels/conv_geometry.h); tests/test_contract.py pins both together.
 
 
 def conv_length(length, kernel, stride, padding):
@@ -120,22 +142,47 @@ def tf_pads(big, small, kernel, stride, padding):
 
 def output_hw(case):
     length = transpose_length if case.transpose else conv_length
-    return tuple(
-        length(n, k, s, case.padding)
-        for n, k, s in zip((case.height, case.width), case.kernel, case.stride)
-    )
+    return tuple(length(n, k, s, case.padding)
+                 for n, k, s in zip((case.height, case.width), case.kernel, case.stride))
 
 
 def weight_shape(case):
     kh, kw = case.kernel
-    if case.transpose:
-        return (kh, kw, case.out_c, case.in_c)
-    return (kh, kw, case.in_c, case.out_c)
+    return (kh, kw, case.out_c, case.in_c) if case.transpose else (kh, kw, case.in_c, case.out_c)
 
 
-def reference_conv(x_nchw, w_keras, case):
+# ---------------------------------------------------------------------------------------------
+# Inputs and the float64 references
+
+
+def make_inputs(case, seed):
+    """Fresh random float32 inputs (numpy); never zeros."""
+    rng = np.random.default_rng(seed)
+    fan_in = case.kernel[0] * case.kernel[1] * case.in_c
+    c = case.out_c
+    sign = np.where(rng.uniform(size=c) < 0.2, -1.0, 1.0)
+    inputs = {
+        "x": rng.normal(size=(case.batch, case.height, case.width, case.in_c)),
+        "w": rng.normal(size=weight_shape(case)) * math.sqrt(2.0 / fan_in),
+        "gamma": rng.uniform(0.5, 1.5, size=c) * sign,
+        "beta": rng.uniform(-0.5, 0.5, size=c),
+        "mean": rng.normal(size=c) * 0.1,
+        "var": rng.uniform(0.5, 1.5, size=c),
+        "dy": rng.normal(size=(case.batch, *output_hw(case), c)),
+    }
+    if case.gamma_kind == "zero":
+        inputs["gamma"][0] = 0.0
+    elif case.gamma_kind == "big_beta":
+        inputs["beta"][0] = 100.0 * abs(inputs["gamma"][0])
+    # Rounded once to float32: both sides start from the very same numbers.
+    return {name: np.ascontiguousarray(v, np.float32) for name, v in inputs.items()}
+
+
+def torch_reference_conv(x_nchw, w_keras, case):
     """z (NCHW) with TensorFlow's padding, in whatever dtype the inputs have."""
-    weight = w_keras.permute(3, 2, 0, 1)  # (out, in, kh, kw) or, transposed, (in, out, kh, kw)
+    # (out, in, kh, kw) or, transposed, (in, out, kh, kw); contiguous, as some backward
+    # kernels (float64 on the CPU) require of the weight.
+    weight = w_keras.permute(3, 2, 0, 1).contiguous()
     out_h, out_w = output_hw(case)
     (sh, sw), (kh, kw) = case.stride, case.kernel
     if not case.transpose:
@@ -152,125 +199,208 @@ def reference_conv(x_nchw, w_keras, case):
     return full[:, :, top:top + out_h, left:left + out_w]
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs, reference, fused calls
-
-
-def make_inputs(case, seed):
-    generator = torch.Generator(device="cuda").manual_seed(seed)
-
-    def normal(*shape, scale=1.0):
-        return torch.randn(*shape, generator=generator, device="cuda", dtype=torch.float64) * scale
-
-    def uniform(n, low, high):
-        return low + (high - low) * torch.rand(n, generator=generator, device="cuda",
-                                               dtype=torch.float64)
-
-    fan_in = case.kernel[0] * case.kernel[1] * case.in_c
-    c = case.out_c
-    sign = torch.where(uniform(c, 0, 1) < 0.2, -1.0, 1.0)
-    inputs = {
-        "x": normal(case.batch, case.height, case.width, case.in_c),
-        "w": normal(*weight_shape(case), scale=math.sqrt(2.0 / fan_in)),
-        "gamma": uniform(c, 0.5, 1.5) * sign,
-        "beta": uniform(c, -0.5, 0.5),
-        "mean": normal(c, scale=0.1),
-        "var": uniform(c, 0.5, 1.5),
-        "dy": normal(case.batch, *output_hw(case), c),
-    }
-    if case.gamma_kind == "zero":
-        inputs["gamma"][0] = 0.0
-    elif case.gamma_kind == "big_beta":
-        inputs["beta"][0] = 100.0 * abs(float(inputs["gamma"][0]))
-    # Round once to float32: both sides then start from the very same numbers.
-    return {name: t.float().contiguous() for name, t in inputs.items()}
-
-
-def reference(case, inputs, training, positive_mask):
-    """Float64 forward and autograd backward. positive_mask: fused y > 0 (NHWC)."""
-    x = inputs["x"].double().requires_grad_(True)
-    w = inputs["w"].double().requires_grad_(True)
-    gamma = inputs["gamma"].double().requires_grad_(True)
-    beta = inputs["beta"].double().requires_grad_(True)
-    z = reference_conv(x.permute(0, 3, 1, 2), w, case)
-    if training:
-        u = F.batch_norm(z, None, None, gamma, beta, training=True, eps=EPSILON)
-    else:
-        u = F.batch_norm(z, inputs["mean"].double(), inputs["var"].double(), gamma, beta,
-                         training=False, eps=EPSILON)
+def torch_reference(case, inputs, training, positive_mask, device):
+    """Float64 forward and autograd backward on `device`. positive_mask: fused y > 0 (NHWC)."""
+    t = {n: torch.from_numpy(v).to(device=device, dtype=torch.float64) for n, v in inputs.items()}
+    x, w = t["x"].requires_grad_(True), t["w"].requires_grad_(True)
+    gamma, beta = t["gamma"].requires_grad_(True), t["beta"].requires_grad_(True)
+    z = torch_reference_conv(x.permute(0, 3, 1, 2), w, case)
+    stats = (None, None) if training else (t["mean"], t["var"])
+    u = F.batch_norm(z, *stats, gamma, beta, training=training, eps=EPSILON)
     y = F.leaky_relu(u, case.slope)
-    slope_factor = torch.where(positive_mask.permute(0, 3, 1, 2), 1.0, case.slope)
-    y_for_grad = u * slope_factor.double()
-    dy = inputs["dy"].double().permute(0, 3, 1, 2)
+    mask = torch.from_numpy(positive_mask).to(device).permute(0, 3, 1, 2)
+    y_for_grad = u * torch.where(mask, 1.0, case.slope).double()
+    dy = t["dy"].permute(0, 3, 1, 2)
     dx, dw, dgamma, dbeta = torch.autograd.grad(y_for_grad, (x, w, gamma, beta), dy)
     zd = z.detach()
+    host = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
+    y_nhwc = host(y.permute(0, 2, 3, 1))
     return {
-        "y": y.detach().permute(0, 2, 3, 1),
-        "mean": zd.mean(dim=(0, 2, 3)),
-        "var": zd.var(dim=(0, 2, 3), unbiased=False),
-        "dx": dx, "dw": dw, "dgamma": dgamma, "dbeta": dbeta,
-        "sign_flips": int(((y.detach().permute(0, 2, 3, 1) > 0) != positive_mask).sum()),
+        "y": y_nhwc, "mean": host(zd.mean(dim=(0, 2, 3))),
+        "var": host(zd.var(dim=(0, 2, 3), unbiased=False)),
+        "dx": host(dx), "dw": host(dw), "dgamma": host(dgamma), "dbeta": host(dbeta),
+        "sign_flips": int(((y_nhwc > 0) != positive_mask).sum()),
     }
 
 
-def poisoned(shape):
-    return torch.full(shape, float("nan"), device="cuda", dtype=torch.float32)
+def numpy_reference(case, inputs, training, positive_mask):
+    """tests/reference.py (float64 numpy): its own sign of the pre-activation."""
+    attrs = dict(strides=case.stride, padding=case.padding, epsilon=EPSILON,
+                 negative_slope=case.slope, training=training, transpose=case.transpose)
+    args = (inputs["x"], inputs["w"], inputs["gamma"], inputs["beta"], inputs["mean"],
+            inputs["var"])
+    y, mean, var, _ = reference.forward(*args, **attrs)
+    dx, dw, dgamma, dbeta = reference.backward(inputs["dy"], *args, **attrs)
+    return {"y": y, "mean": mean, "var": var, "dx": dx, "dw": dw, "dgamma": dgamma,
+            "dbeta": dbeta, "sign_flips": int(((y > 0) != positive_mask).sum())}
 
 
-def fused_forward(native, case, inputs, training, tf32):
-    c = case.out_c
-    y = poisoned((case.batch, *output_hw(case), c))
-    mean, var = poisoned((c,)), poisoned((c,))
-    native.conv_bn_lrelu_forward_cuda(
-        inputs["x"], inputs["w"], inputs["gamma"], inputs["beta"], inputs["mean"],
-        inputs["var"], y, mean if training else None, var if training else None,
-        list(case.stride), case.padding.upper(), EPSILON, case.slope, training,
-        case.transpose, tf32, torch.cuda.current_stream().cuda_stream)
-    return y, mean, var
+# ---------------------------------------------------------------------------------------------
+# Where the fused op runs: the CUDA kernels (PyTorch device arrays), or the CPU kernels.
 
 
-def fused_backward(native, case, inputs, y, mean, var, training, tf32):
-    grads = {
-        "dx": poisoned(inputs["x"].shape), "dw": poisoned(inputs["w"].shape),
-        "dgamma": poisoned((case.out_c,)), "dbeta": poisoned((case.out_c,)),
-    }
-    native.conv_bn_lrelu_backward_cuda(
-        inputs["dy"], inputs["x"], inputs["w"], inputs["gamma"], inputs["beta"], y, mean, var,
-        grads["dx"], grads["dw"], grads["dgamma"], grads["dbeta"], list(case.stride),
-        case.padding.upper(), EPSILON, case.slope, training, case.transpose, tf32,
-        torch.cuda.current_stream().cuda_stream)
-    return grads
+class CudaBackend:
+    name = "cuda"
+    torch_device = "cuda"
+    tf32_modes = (False, True)
+
+    def __init__(self, native):
+        self.native = native
+
+    def describe(self):
+        return (f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
+                f"cuda {torch.version.cuda}  native: {self.native.cuda_device_info()}")
+
+    def to_device(self, inputs):
+        return {n: torch.from_numpy(v).cuda() for n, v in inputs.items()}
+
+    @staticmethod
+    def poisoned(shape):
+        return torch.full(tuple(shape), float("nan"), device="cuda", dtype=torch.float32)
+
+    def forward(self, case, d, training, tf32, outputs=None):
+        c = case.out_c
+        y, mean, var = outputs or (self.poisoned((case.batch, *output_hw(case), c)),
+                                   self.poisoned((c,)), self.poisoned((c,)))
+        self.native.conv_bn_lrelu_forward_cuda(
+            d["x"], d["w"], d["gamma"], d["beta"], d["mean"], d["var"], y,
+            mean if training else None, var if training else None, list(case.stride),
+            case.padding.upper(), EPSILON, case.slope, training, case.transpose, tf32,
+            torch.cuda.current_stream().cuda_stream)
+        return y, (mean if training else d["mean"]), (var if training else d["var"])
+
+    def backward(self, case, d, y, mean, var, training, tf32, outputs=None):
+        dx, dw, dgamma, dbeta = outputs or (
+            self.poisoned(d["x"].shape), self.poisoned(d["w"].shape),
+            self.poisoned((case.out_c,)), self.poisoned((case.out_c,)))
+        self.native.conv_bn_lrelu_backward_cuda(
+            d["dy"], d["x"], d["w"], d["gamma"], d["beta"], y, mean, var, dx, dw, dgamma, dbeta,
+            list(case.stride), case.padding.upper(), EPSILON, case.slope, training,
+            case.transpose, tf32, torch.cuda.current_stream().cuda_stream)
+        return dx, dw, dgamma, dbeta
+
+    @staticmethod
+    def to_host(tensors):
+        torch.cuda.synchronize()
+        return {n: t.cpu().numpy() for n, t in tensors.items()}
+
+    @staticmethod
+    def synchronize():
+        torch.cuda.synchronize()
+
+    @staticmethod
+    def time_ms(fn, warmup, repeats):
+        """Median of CUDA-event times of `repeats` calls after `warmup` calls."""
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return times
 
 
-def run_fused(native, case, inputs, training, tf32):
-    y, mean, var = fused_forward(native, case, inputs, training, tf32)
-    stat_mean = mean if training else inputs["mean"]
-    stat_var = var if training else inputs["var"]
-    grads = fused_backward(native, case, inputs, y, stat_mean, stat_var, training, tf32)
-    torch.cuda.synchronize()
-    return {"y": y, "mean": mean, "var": var, **grads}
+class CpuBackend:
+    """The dry run: pyae._native's CPU kernels, which poison their own outputs with NaN."""
+    name = "cpu"
+    torch_device = "cpu"
+    tf32_modes = (False,)
+
+    def __init__(self, native):
+        self.native = native
+
+    def describe(self):
+        versions = f"torch {torch.__version__}" if torch else "no torch (numpy reference)"
+        return f"device: CPU (dry run)  {versions}  native: {self.native.build_info()}"
+
+    @staticmethod
+    def to_device(inputs):
+        return inputs
+
+    def forward(self, case, d, training, tf32, outputs=None):
+        del tf32, outputs  # the CPU kernels allocate (and poison) their outputs
+        return self.native.conv_bn_lrelu_forward(
+            d["x"], d["w"], d["gamma"], d["beta"], d["mean"], d["var"], strides=case.stride,
+            padding=case.padding, epsilon=EPSILON, negative_slope=case.slope,
+            training=training, transpose=case.transpose)
+
+    def backward(self, case, d, y, mean, var, training, tf32, outputs=None):
+        del tf32, outputs
+        return self.native.conv_bn_lrelu_backward(
+            d["dy"], d["x"], d["w"], d["gamma"], d["beta"], y, mean, var, strides=case.stride,
+            padding=case.padding, epsilon=EPSILON, negative_slope=case.slope,
+            training=training, transpose=case.transpose)
+
+    @staticmethod
+    def to_host(arrays):
+        return {n: np.asarray(a) for n, a in arrays.items()}
+
+    @staticmethod
+    def synchronize():
+        pass
+
+    @staticmethod
+    def time_ms(fn, warmup, repeats):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+
+
+# ---------------------------------------------------------------------------------------------
+# Correctness
+
+
+def run_fused(backend, case, d, training, tf32):
+    y, mean, var = backend.forward(case, d, training, tf32)
+    dx, dw, dgamma, dbeta = backend.backward(case, d, y, mean, var, training, tf32)
+    return backend.to_host({"y": y, "mean": mean, "var": var, "dx": dx, "dw": dw,
+                            "dgamma": dgamma, "dbeta": dbeta})
 
 
 def relative_error(fused, ref):
-    ref = ref.double()
-    scale = float(ref.abs().max()) if ref.numel() else 0.0
-    err = float((fused.double() - ref).abs().max()) if ref.numel() else 0.0
+    fused, ref = np.asarray(fused, np.float64), np.asarray(ref, np.float64)
+    if fused.shape != ref.shape:
+        return math.inf
+    if ref.size == 0:
+        return 0.0
+    if not np.all(np.isfinite(fused)):  # poison left: an element was never written
+        return math.inf
+    scale = float(np.abs(ref).max())
+    err = float(np.abs(fused - ref).max())
     return err / scale if scale > 0 else err
 
 
-def check_case(native, case, seed):
-    """Returns a list of result lines and whether everything passed."""
+def reference_of(backend, case, inputs, training, positive_mask):
+    if torch is not None:
+        return torch_reference(case, inputs, training, positive_mask, backend.torch_device)
+    return numpy_reference(case, inputs, training, positive_mask)
+
+
+def check_case(backend, case, seed):
+    """Result lines (one per mode) and whether every mode passed."""
     inputs = make_inputs(case, seed)
+    d = backend.to_device(inputs)
     lines, passed = [], True
     for training in (True, False):
-        for tf32 in (False, True):
-            fused = run_fused(native, case, inputs, training, tf32)
-            again = run_fused(native, case, inputs, training, tf32)
-            ref = reference(case, inputs, training, fused["y"] > 0)
+        for tf32 in backend.tf32_modes:
+            fused = run_fused(backend, case, d, training, tf32)
+            again = run_fused(backend, case, d, training, tf32)
+            ref = reference_of(backend, case, inputs, training, fused["y"] > 0)
             names = ["y", "dx", "dw", "dgamma", "dbeta"] + (["mean", "var"] if training else [])
             tolerance = TF32_TOLERANCE if tf32 else FMA_TOLERANCE
             errors = {n: relative_error(fused[n], ref[n]) for n in names}
-            deterministic = all(torch.equal(fused[n], again[n]) for n in names)
+            deterministic = all(np.array_equal(fused[n], again[n], equal_nan=True)
+                                for n in names)
             ok = all(e < tolerance for e in errors.values()) and deterministic  # NaN fails
             passed &= ok
             worst = max(errors, key=lambda n: errors[n] if errors[n] == errors[n] else math.inf)
@@ -280,46 +410,36 @@ def check_case(native, case, seed):
                 f"worst {worst}={errors[worst]:.2e} (tol {tolerance:.0e}) "
                 f"{'deterministic' if deterministic else 'NOT DETERMINISTIC'} "
                 f"sign flips {ref['sign_flips']}"
-                + ("" if ok else "  " + " ".join(f"{n}={e:.2e}" for n, e in errors.items()))
-            )
+                + ("" if ok else "  " + " ".join(f"{n}={e:.2e}" for n, e in errors.items())))
     return lines, passed
 
 
 # ---------------------------------------------------------------------------------------------
-# Timing
+# Floors
 
 
-def cuda_time_ms(fn, warmup=10, repeats=50):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def measure_peaks():
-    """Streaming bandwidth (bytes/s) and float32 FMA / TF32 matmul throughput (FLOP/s)."""
-    buffer = torch.empty(1 << 28, device="cuda", dtype=torch.float32)
-    copy = torch.empty_like(buffer)
-    copy_ms = cuda_time_ms(lambda: copy.copy_(buffer), warmup=3, repeats=10)
-    bandwidth = 2 * buffer.numel() * 4 / (copy_ms * 1e-3)
-    del buffer, copy
-    n = 8192
-    a = torch.randn(n, n, device="cuda")
-    b = torch.randn(n, n, device="cuda")
+def measure_peaks(backend, quick):
+    """Streaming bandwidth (bytes/s) and float32 / TF32 matmul throughput (FLOP/s)."""
+    copy_n, n, reps = ((1 << 22, 512, 3) if quick else (1 << 28, 8192, 10))
+    if torch is None:
+        source = np.ones(copy_n, np.float32)
+        target = np.empty_like(source)
+        copy_ms = statistics.median(backend.time_ms(lambda: np.copyto(target, source), 1, reps))
+        a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+        matmul_ms = statistics.median(backend.time_ms(lambda: a @ a, 1, reps))
+        return 2 * copy_n * 4 / (copy_ms * 1e-3), {"fp32": 2 * n**3 / (matmul_ms * 1e-3)}
+    device = backend.torch_device
+    source = torch.randn(copy_n, device=device)
+    target = torch.empty_like(source)
+    copy_ms = statistics.median(backend.time_ms(lambda: target.copy_(source), 2, reps))
+    bandwidth = 2 * copy_n * 4 / (copy_ms * 1e-3)
+    del source, target
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     saved = torch.backends.cuda.matmul.allow_tf32
     peaks = {}
-    for tf32 in (False, True):
+    for tf32 in backend.tf32_modes:
         torch.backends.cuda.matmul.allow_tf32 = tf32
-        ms = cuda_time_ms(lambda: a @ b, warmup=2, repeats=5)
+        ms = statistics.median(backend.time_ms(lambda: a @ b, 2, max(reps // 2, 1)))
         peaks["tf32" if tf32 else "fp32"] = 2 * n**3 / (ms * 1e-3)
     torch.backends.cuda.matmul.allow_tf32 = saved
     return bandwidth, peaks
@@ -345,6 +465,19 @@ def byte_floors(case):
     return inference, training
 
 
+def floors_ms(case, peaks, tf32):
+    bandwidth, flop_peaks = peaks
+    flop_peak = flop_peaks["tf32" if tf32 else "fp32"]
+    flops = conv_flops(case)
+    infer_bytes, train_bytes = byte_floors(case)
+    return {"train": max(3 * flops / flop_peak, train_bytes / bandwidth) * 1e3,
+            "infer": max(flops / flop_peak, infer_bytes / bandwidth) * 1e3}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
 def torch_block(case, training):
     """Float32 PyTorch block on channels-last tensors, symmetric padding (same cost as TF's)."""
     (kh, kw), stride = case.kernel, case.stride
@@ -356,152 +489,248 @@ def torch_block(case, training):
             z = F.conv_transpose2d(x, w, stride=stride, padding=padding, output_padding=extra)
         else:
             z = F.conv2d(x, w, stride=stride, padding=padding)
-        if training:
-            u = F.batch_norm(z, None, None, gamma, beta, training=True, eps=EPSILON)
-        else:
-            u = F.batch_norm(z, mean, var, gamma, beta, training=False, eps=EPSILON)
+        stats = (None, None) if training else (mean, var)
+        u = F.batch_norm(z, *stats, gamma, beta, training=training, eps=EPSILON)
         return F.leaky_relu(u, case.slope)
 
     return run
 
 
-def timing_row(native, case, peaks, use_compile, tf32):
+def fused_steps(backend, case, d, tf32):
+    """(training forward + backward, inference forward) of the fused op, outputs reused."""
+    if backend.name == "cuda":
+        c = case.out_c
+        forward_out = (torch.empty((case.batch, *output_hw(case), c), device="cuda"),
+                       torch.empty(c, device="cuda"), torch.empty(c, device="cuda"))
+        backward_out = (torch.empty_like(d["x"]), torch.empty_like(d["w"]),
+                        torch.empty(c, device="cuda"), torch.empty(c, device="cuda"))
+    else:
+        forward_out = backward_out = None
+
+    def train():
+        y, mean, var = backend.forward(case, d, True, tf32, forward_out)
+        backend.backward(case, d, y, mean, var, True, tf32, backward_out)
+
+    def infer():
+        backend.forward(case, d, False, tf32, forward_out)
+
+    return train, infer
+
+
+def torch_steps(case, inputs, device, compiled):
+    """(training step, inference step) of the PyTorch block, eager or torch.compile'd."""
+    t = {n: torch.from_numpy(v).to(device) for n, v in inputs.items()}
+    x = t["x"].permute(0, 3, 1, 2).requires_grad_(True)  # NCHW view, channels-last memory
+    w = t["w"].permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+    w.requires_grad_(True)
+    gamma, beta = t["gamma"].clone().requires_grad_(True), t["beta"].clone().requires_grad_(True)
+    dy = t["dy"].permute(0, 3, 1, 2)
+    args = (x, w, gamma, beta, t["mean"], t["var"])
+    train_fn, infer_fn = torch_block(case, True), torch_block(case, False)
+    if compiled:
+        train_fn, infer_fn = torch.compile(train_fn), torch.compile(infer_fn)
+
+    def train():
+        torch.autograd.grad(train_fn(*args), (x, w, gamma, beta), dy)
+
+    def infer():
+        with torch.no_grad():
+            infer_fn(*args)
+
+    return train, infer
+
+
+def interleaved_medians(backend, steps, warmup, rounds, repeats):
+    """Median ms of each step, timed in `rounds` interleaved rounds of `repeats` calls."""
+    for step in steps.values():
+        backend.time_ms(step, warmup, 0)
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name] += backend.time_ms(step, 0, repeats)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_case(backend, case, tf32, use_compile, settings):
     inputs = make_inputs(case, seed=1)
-    stream = torch.cuda.current_stream().cuda_stream
-    c = case.out_c
-    y, mean, var = (torch.empty((case.batch, *output_hw(case), c), device="cuda"),
-                    torch.empty(c, device="cuda"), torch.empty(c, device="cuda"))
-    dx, dw = torch.empty_like(inputs["x"]), torch.empty_like(inputs["w"])
-    dgamma, dbeta = torch.empty(c, device="cuda"), torch.empty(c, device="cuda")
-    args = (list(case.stride), case.padding.upper(), EPSILON, case.slope)
+    d = backend.to_device(inputs)
+    fused_train, fused_infer = fused_steps(backend, case, d, tf32)
+    steps = {"fused train": fused_train, "fused infer": fused_infer}
+    if torch is not None:
+        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        eager_train, eager_infer = torch_steps(case, inputs, backend.torch_device, False)
+        steps.update({"eager train": eager_train, "eager infer": eager_infer})
+        if use_compile:
+            compiled_train, compiled_infer = torch_steps(case, inputs, backend.torch_device,
+                                                         True)
+            steps.update({"compile train": compiled_train, "compile infer": compiled_infer})
+    try:
+        return interleaved_medians(backend, steps, **settings)
+    finally:
+        if torch is not None:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
-    def fused_train():
-        native.conv_bn_lrelu_forward_cuda(inputs["x"], inputs["w"], inputs["gamma"],
-                                          inputs["beta"], None, None, y, mean, var, *args, True,
-                                          case.transpose, tf32, stream)
-        native.conv_bn_lrelu_backward_cuda(inputs["dy"], inputs["x"], inputs["w"],
-                                           inputs["gamma"], inputs["beta"], y, mean, var, dx, dw,
-                                           dgamma, dbeta, *args, True, case.transpose, tf32,
-                                           stream)
 
-    def fused_infer():
-        native.conv_bn_lrelu_forward_cuda(inputs["x"], inputs["w"], inputs["gamma"],
-                                          inputs["beta"], inputs["mean"], inputs["var"], y, None,
-                                          None, *args, False, case.transpose, tf32, stream)
-
-    x_t = inputs["x"].permute(0, 3, 1, 2).requires_grad_(True)  # NCHW view, channels-last memory
-    w_t = inputs["w"].permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-    w_t.requires_grad_(True)
-    gamma = inputs["gamma"].clone().requires_grad_(True)
-    beta = inputs["beta"].clone().requires_grad_(True)
-    dy_t = inputs["dy"].permute(0, 3, 1, 2)
-    block_args = (x_t, w_t, gamma, beta, inputs["mean"], inputs["var"])
-
-    def train_step(fn):
-        def step():
-            out = fn(*block_args)
-            torch.autograd.grad(out, (x_t, w_t, gamma, beta), dy_t)
-        return step
-
-    def infer_step(fn):
-        def step():
-            with torch.no_grad():
-                fn(*block_args)
-        return step
-
-    eager_train, eager_infer = torch_block(case, True), torch_block(case, False)
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-    times = {
-        "fused train": cuda_time_ms(fused_train),
-        "eager train": cuda_time_ms(train_step(eager_train)),
-        "fused infer": cuda_time_ms(fused_infer),
-        "eager infer": cuda_time_ms(infer_step(eager_infer)),
-    }
-    if use_compile:
-        times["compile train"] = cuda_time_ms(train_step(torch.compile(eager_train)))
-        times["compile infer"] = cuda_time_ms(infer_step(torch.compile(eager_infer)))
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
+def timing_table(backend, cases, tf32, use_compile, settings, quick, report):
+    """Times every case; torch.compile where use_compile(index of the case)."""
+    peaks = measure_peaks(backend, quick)
     bandwidth, flop_peaks = peaks
-    flop_peak = flop_peaks["tf32" if tf32 else "fp32"]
-    flops = conv_flops(case)
-    infer_bytes, train_bytes = byte_floors(case)
-    floors = {
-        "train": max(3 * flops / flop_peak, train_bytes / bandwidth) * 1e3,
-        "infer": max(flops / flop_peak, infer_bytes / bandwidth) * 1e3,
-    }
-    return flops, infer_bytes, train_bytes, floors, times
+    report(f"\nmeasured peaks: copy {bandwidth / 1e9:.0f} GB/s, "
+           + ", ".join(f"{k} matmul {v / 1e12:.2f} TFLOP/s" for k, v in flop_peaks.items())
+           + f"; timing with {'TF32' if tf32 else 'FMA float32'} in every implementation")
+    report(f"times in ms (median of {settings['rounds']} interleaved rounds of "
+           f"{settings['repeats']} calls, {'CUDA events' if backend.name == 'cuda' else 'wall clock'}); "
+           "floor = max(FLOP / peak, bytes / bandwidth); train = forward + backward, "
+           "infer = inference forward; x = eager / fused, c = compile / fused")
+    header = (f"{'shape':<40} {'GFLOP':>6} {'MB trn':>7} | {'floor':>7} {'fused':>7} "
+              f"{'eager':>7} {'compile':>7} {'x':>5} {'c':>5} | {'floor':>7} {'fused':>7} "
+              f"{'eager':>7} {'compile':>7} {'x':>5} {'c':>5}")
+    report(header)
+    report("-" * len(header))
+    rows = []
+    for index, case in enumerate(cases):
+        t = time_case(backend, case, tf32, use_compile(index), settings)
+        floors = floors_ms(case, peaks, tf32)
+        _, train_bytes = byte_floors(case)
+        cells = []
+        for mode in ("train", "infer"):
+            fused = t[f"fused {mode}"]
+            eager, compiled = t.get(f"eager {mode}"), t.get(f"compile {mode}")
+            ratio = lambda other: f"{other / fused:5.2f}" if other else f"{'-':>5}"  # noqa: E731
+            value = lambda v: f"{v:7.3f}" if v else f"{'-':>7}"  # noqa: E731
+            cells.append(f"{floors[mode]:7.3f} {fused:7.3f} {value(eager)} {value(compiled)} "
+                         f"{ratio(eager)} {ratio(compiled)}")
+        report(f"{case.name:<40} {3 * conv_flops(case) / 1e9:6.2f} {train_bytes / 1e6:7.1f} | "
+               + " | ".join(cells))
+        rows.append({"case": case._asdict(), "floors_ms": floors, "times_ms": t,
+                     "gflop_train": 3 * conv_flops(case) / 1e9, "mb_train": train_bytes / 1e6})
+    report_speedups(rows, report)
+    return rows
 
 
-def print_timings(native, cases, use_compile, tf32):
-    peaks = measure_peaks()
-    bandwidth, flop_peaks = peaks
-    print(f"\nmeasured peaks: copy {bandwidth / 1e9:.0f} GB/s, fp32 matmul "
-          f"{flop_peaks['fp32'] / 1e12:.1f} TFLOP/s, tf32 matmul {flop_peaks['tf32'] / 1e12:.1f} "
-          f"TFLOP/s; timing with {'TF32' if tf32 else 'FMA float32'} in every implementation")
-    print("times in ms (median of 50, CUDA events); floor = max(FLOP / peak, bytes / bandwidth); "
-          "train = forward + backward, infer = inference forward")
-    header = (f"{'shape':<40} {'GFLOP':>6} {'MB inf':>7} {'MB trn':>7} | "
-              f"{'floor trn':>9} {'fused':>7} {'eager':>7} {'compile':>7} | "
-              f"{'floor inf':>9} {'fused':>7} {'eager':>7} {'compile':>7}")
-    print(header)
-    print("-" * len(header))
-    for case in cases:
-        flops, infer_bytes, train_bytes, floors, t = timing_row(native, case, peaks, use_compile,
-                                                                tf32)
-        compiled_train = f"{t['compile train']:7.3f}" if use_compile else f"{'-':>7}"
-        compiled_infer = f"{t['compile infer']:7.3f}" if use_compile else f"{'-':>7}"
-        print(f"{case.name:<40} {3 * flops / 1e9:6.2f} {infer_bytes / 1e6:7.1f} "
-              f"{train_bytes / 1e6:7.1f} | {floors['train']:9.3f} {t['fused train']:7.3f} "
-              f"{t['eager train']:7.3f} {compiled_train} | {floors['infer']:9.3f} "
-              f"{t['fused infer']:7.3f} {t['eager infer']:7.3f} {compiled_infer}")
+def geometric_mean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def report_speedups(rows, report):
+    """Per model: geometric mean and minimum of eager/fused (train) and compile/fused (infer)."""
+    for model in ("fmnist", "cartoon"):
+        model_rows = [r for r in rows if r["case"]["name"].startswith(model)]
+        for label, other, mode in (("train vs eager", "eager", "train"),
+                                   ("infer vs compile", "compile", "infer")):
+            ratios = [r["times_ms"][f"{other} {mode}"] / r["times_ms"][f"fused {mode}"]
+                      for r in model_rows if f"{other} {mode}" in r["times_ms"]]
+            if ratios:
+                report(f"{model:<8} {label:<17} geomean {geometric_mean(ratios):5.2f}x  "
+                       f"min {min(ratios):5.2f}x  over {len(ratios)} shapes")
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def import_native(native_dir):
-    if native_dir:
-        sys.path.insert(0, native_dir)
-    try:
-        return importlib.import_module("_native")
-    except ImportError:
-        return importlib.import_module("pyae._native")  # an installed pyae (needs TF to import)
-
-
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--native-dir", help="folder holding the built _native*.so")
+    parser.add_argument("--native-dir", help="folder holding the built _native*.so "
+                        "(default: $PYAE_NATIVE_DIR, else beside the pyae package)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the whole flow on the CPU kernels, small batches, few repeats")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few cases and shapes only (the CI test of the dry run)")
     parser.add_argument("--sanitize-case", action="store_true",
-                        help="only check a few small cases (for compute-sanitizer)")
+                        help="only check the awkward cases, no timing")
     parser.add_argument("--no-check", action="store_true", help="skip the correctness checks")
     parser.add_argument("--no-time", action="store_true", help="skip the timings")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile timings")
+    parser.add_argument("--compile-budget", type=float, default=240.0,
+                        help="seconds after the timing starts during which shapes still get "
+                        "torch.compile timings (compiling costs seconds a shape)")
     parser.add_argument("--tf32-timing", action="store_true",
                         help="time with TF32 everywhere instead of FMA float32")
-    return parser.parse_args()
+    parser.add_argument("--out", help="folder for check.txt, timing.txt and results.json")
+    return parser.parse_args(argv)
 
 
-def main():
-    args = parse_args()
-    native = import_native(args.native_dir)
-    if not torch.cuda.is_available():
-        print("no CUDA device visible to PyTorch", file=sys.stderr)
+def select_cases(args):
+    check = awkward_cases() if args.sanitize_case else tutorial_cases() + awkward_cases()
+    timed = tutorial_cases()
+    if args.dry_run:
+        check, timed = at_batch(check, DRY_RUN_BATCH), at_batch(timed, DRY_RUN_BATCH)
+    if args.quick:  # a conv and a convT of each model, an awkward VALID convT, a recompute
+        names = ("fmnist enc2", "fmnist dec2", "cartoon enc1", "cartoon dec convT 8x8",
+                 "convT b2 6x7", "recompute: beta")
+        check = [c for c in check if c.name.startswith(names)]
+        timed = [c for c in timed if c.name.startswith(names[:2])]
+    return check, timed
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    native = load_native(args.native_dir)
+    if native is None:
+        print("pyae._native is not built (no _native*.so found)", file=sys.stderr)
         return 2
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-          f"cuda {torch.version.cuda}  native: {native.cuda_device_info()}")
+    if args.dry_run:
+        backend = CpuBackend(native)
+    else:
+        if torch is None or not torch.cuda.is_available():
+            print("no CUDA device visible to PyTorch (use --dry-run on a CPU machine)",
+                  file=sys.stderr)
+            return 2
+        if not hasattr(native, "conv_bn_lrelu_forward_cuda"):
+            print("pyae._native was built without the CUDA kernels", file=sys.stderr)
+            return 2
+        backend = CudaBackend(native)
+    out_files = {}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        out_files = {k: open(os.path.join(args.out, k), "w", encoding="utf-8")
+                     for k in ("check.txt", "timing.txt")}
+
+    def reporter(file_name):
+        def report(line):
+            print(line, flush=True)
+            if file_name in out_files:
+                out_files[file_name].write(line + "\n")
+                out_files[file_name].flush()
+        return report
+
+    check_cases, timed_cases = select_cases(args)
+    results = {"describe": backend.describe(), "dry_run": args.dry_run}
+    reporter("check.txt")(results["describe"])
     all_passed = True
     if not args.no_check:
-        cases = sanitize_cases() if args.sanitize_case else tutorial_cases() + awkward_cases()
-        for seed, case in enumerate(cases):
-            lines, passed = check_case(native, case, seed)
+        report = reporter("check.txt")
+        for seed, case in enumerate(check_cases):
+            lines, passed = check_case(backend, case, seed)
             all_passed &= passed
-            print("\n".join(lines), flush=True)
-        print(f"\ncorrectness: {'ALL PASSED' if all_passed else 'FAILURES (see FAIL lines)'}")
+            for line in lines:
+                report(line)
+        report(f"\ncorrectness: {'ALL PASSED' if all_passed else 'FAILURES (see FAIL lines)'}")
+    results["all_passed"] = all_passed
     if not args.no_time and not args.sanitize_case:
-        print_timings(native, tutorial_cases(), not args.no_compile, args.tf32_timing)
+        settings = (dict(warmup=1, rounds=2, repeats=2) if args.dry_run
+                    else dict(warmup=10, rounds=5, repeats=20))
+        rows = timing_table(backend, timed_cases, args.tf32_timing, compile_rule(args),
+                            settings, args.dry_run or args.quick, reporter("timing.txt"))
+        results["timing"] = rows
+    if args.out:
+        for handle in out_files.values():
+            handle.close()
+        with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=1, default=str)
     return 0 if all_passed else 1
+
+
+def compile_rule(args):
+    """Which timed shapes (by index) get torch.compile timings: on the GPU those that start
+    within --compile-budget seconds; in a dry run the first (its code path runs, once)."""
+    if args.no_compile or torch is None:
+        return lambda index: False
+    if args.dry_run:
+        return lambda index: index == 0
+    deadline = time.monotonic() + args.compile_budget
+    return lambda index: time.monotonic() < deadline
 
 
 if __name__ == "__main__":

@@ -1,58 +1,112 @@
 #!/usr/bin/env bash
-# Builds pyae._native with the CUDA kernels (no TensorFlow), checks the fused op against
-# PyTorch in float64, runs compute-sanitizer on a small case, and times fused vs PyTorch
-# eager (cuDNN) vs torch.compile. Needs: CUDA toolkit (nvcc, compute-sanitizer), CMake,
-# pybind11 and PyTorch with CUDA in the active Python.
+# The one device call of the CUDA path (bench/README.md, "GPU"): on a GPU machine with the
+# CUDA toolkit, CMake, pybind11 and PyTorch but no TensorFlow, in under 8 minutes:
+#   1. build pyae._native with the CUDA kernels for sm_90 only, no TF op library, and the
+#      sanitizer's driver program (bench/gpu/sanitize_cases.cu);
+#   2. compute-sanitizer memcheck and racecheck on that program's small cases;
+#   3. the CUDA kernel tests (tests/test_cuda.py) against the float64 reference;
+#   4. bench/gpu/check_and_time.py: every case against a float64 PyTorch reference, then fused
+#      vs PyTorch eager (cuDNN, channels_last) vs torch.compile at the tutorial's shapes.
+# Every log and table goes to $OUT (default: a fresh temporary folder); summary.txt says
+# what each step did and how long it took. The exit status is the first failure's.
 #
-#   bash bench/gpu/run.sh                 # everything
-#   bash bench/gpu/run.sh --no-compile    # extra flags go to check_and_time.py
-# Environment: PYAE_GPU_BUILD_DIR (default build/gpu), CMAKE_ARGS (extra cmake flags, e.g.
-# -DCMAKE_CUDA_ARCHITECTURES=90), PYTHON (default python3), SKIP_SANITIZER=1.
-set -euo pipefail
+#   bash bench/gpu/run.sh              # on the GPU machine
+#   bash bench/gpu/run.sh --dry-run    # here: the same build (nvcc compiles for sm_90), the
+#                                      # tests and the check script on the CPU kernels
+# Environment: PYTHON (default python3), OUT, BUILD_DIR (default build/gpu),
+# DEADLINE_S (default 450: torch.compile timings stop so that the run ends before it).
+set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BUILD_DIR="${PYAE_GPU_BUILD_DIR:-$ROOT/build/gpu}"
+cd "$ROOT" || exit 2
 PYTHON="${PYTHON:-python3}"
-SCRIPT="$ROOT/bench/gpu/check_and_time.py"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build/gpu}"
+OUT="${OUT:-$(mktemp -d /tmp/pyae-gpu-XXXXXX)}"
+DEADLINE_S="${DEADLINE_S:-450}"
+DRY_RUN=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; fi
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+STATUS=0
+START=$SECONDS
 
-echo "== build ($BUILD_DIR)"
-PYBIND11_DIR="$("$PYTHON" -m pybind11 --cmakedir)"
-# shellcheck disable=SC2086  # CMAKE_ARGS is a list of flags
-cmake -S "$ROOT" -B "$BUILD_DIR" \
-  -DCMAKE_BUILD_TYPE=Release \
-  -DPYAE_WITH_TF=OFF \
-  -DPYAE_WITH_CUDA=ON \
-  -DPython_EXECUTABLE="$(command -v "$PYTHON")" \
-  -DPYTHON_EXECUTABLE="$(command -v "$PYTHON")" \
-  -Dpybind11_DIR="$PYBIND11_DIR" \
-  ${CMAKE_ARGS:-}
-cmake --build "$BUILD_DIR" -j "$(nproc)"
+note() { echo "$*" | tee -a "$SUMMARY"; }
 
-# The module may land in the build tree or next to the package sources (pyae/).
-NATIVE_SO="$(find "$BUILD_DIR" "$ROOT/pyae" -name '_native*.so' -newer "$BUILD_DIR/CMakeCache.txt" \
-  -print -quit 2>/dev/null || true)"
-if [[ -z "$NATIVE_SO" ]]; then
-  NATIVE_SO="$(find "$BUILD_DIR" "$ROOT/pyae" -name '_native*.so' -print -quit)"
+# step NAME LOG TIMEOUT COMMAND...: runs a step with its output in LOG (and on the terminal).
+step() {
+  local name="$1" log="$2" limit="$3"
+  shift 3
+  local begin=$SECONDS rc
+  echo "== $name" | tee -a "$log"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  note "$(printf '%-28s %s  %4ds  (log: %s)' "$name" "$([[ $rc == 0 ]] && echo ok || echo "FAILED rc=$rc")" $((SECONDS - begin)) "$(basename "$log")")"
+  if [[ $rc != 0 && $STATUS == 0 ]]; then STATUS=$rc; fi
+  return "$rc"
+}
+
+note "pyae GPU run $(date -u '+%Y-%m-%d %H:%M UTC')  commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')  dry_run=$DRY_RUN"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader \
+  2>/dev/null | sed 's/^/gpu: /' | tee -a "$SUMMARY" || true
+
+# The device image has no scipy-openblas32 (the C++ kernels' BLAS): bench/README.md says how
+# its wheel travels in .whl/.
+if ! "$PYTHON" -c "import scipy_openblas32" 2>/dev/null; then
+  if compgen -G "$ROOT/.whl/scipy_openblas32-*.whl" >/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/pyae-site "$ROOT"/.whl/scipy_openblas32-*.whl
+    export PYTHONPATH="/tmp/pyae-site${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    note "scipy-openblas32 is missing and no .whl/scipy_openblas32-*.whl travelled"; exit 2
+  fi
 fi
-if [[ -z "$NATIVE_SO" ]]; then
-  echo "no _native*.so found under $BUILD_DIR or $ROOT/pyae" >&2
-  exit 1
-fi
-NATIVE_DIR="$(dirname "$NATIVE_SO")"
-echo "== using $NATIVE_SO"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 
-status=0
-echo "== correctness and timing"
-"$PYTHON" "$SCRIPT" --native-dir "$NATIVE_DIR" "$@" || status=$?
+# nvcc and compute-sanitizer live in the toolkit's bin/, not always on the PATH.
+for dir in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do
+  if [[ -d $dir ]]; then PATH="$PATH:$dir"; fi
+done
+export PATH
+GENERATOR=()
+if command -v ninja >/dev/null 2>&1; then GENERATOR=(-G Ninja); fi
+configure() {
+  cmake -S "$ROOT" -B "$BUILD_DIR" "${GENERATOR[@]}" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DPYAE_WITH_TF=OFF \
+    -DPYAE_WITH_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DPYAE_OUTPUT_DIR="$BUILD_DIR/pyae" \
+    -DPython_EXECUTABLE="$(command -v "$PYTHON")" &&
+    cmake --build "$BUILD_DIR" -j "$(nproc)" --target _native pyae_cuda_sanitize
+}  # (pyae_cuda_sanitize exists only when CMake found nvcc: no silent CPU-only build)
+step "build (sm_90, no TF)" "$OUT/build.log" 300 configure || { note "build failed: stop"; exit "$STATUS"; }
+NATIVE_DIR="$BUILD_DIR/pyae"
+SANITIZE_BIN="$(find "$BUILD_DIR" -name pyae_cuda_sanitize -type f -perm -u+x | head -n 1)"
+export PYAE_NATIVE_DIR="$NATIVE_DIR" PYTHONUNBUFFERED=1
 
-if [[ "${SKIP_SANITIZER:-0}" != "1" ]]; then
+if [[ $DRY_RUN == 1 ]]; then
+  note "compute-sanitizer            skipped in the dry run (no GPU); built: ${SANITIZE_BIN#"$ROOT"/}"
+else
   for tool in memcheck racecheck; do
-    echo "== compute-sanitizer --tool $tool (small case)"
-    compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      "$PYTHON" "$SCRIPT" --native-dir "$NATIVE_DIR" --sanitize-case || status=$?
+    step "compute-sanitizer $tool" "$OUT/sanitizer.log" 120 \
+      compute-sanitizer --tool "$tool" --error-exitcode 1 "$SANITIZE_BIN"
   done
 fi
 
-echo "== done (exit status $status)"
-exit "$status"
+step "tests/test_cuda.py" "$OUT/tests.log" 200 \
+  "$PYTHON" -m pytest --noconftest -p no:cacheprovider -q -rs tests/test_cuda.py
+
+CHECK_ARGS=(--out "$OUT")
+if [[ $DRY_RUN == 1 ]]; then
+  CHECK_ARGS+=(--dry-run)
+else
+  # torch.compile costs seconds a shape: shapes get it while the run stays inside DEADLINE_S
+  # (about 90 s kept for the eager and fused timings after the last compiled shape).
+  CHECK_ARGS+=(--compile-budget "$((DEADLINE_S - (SECONDS - START) - 150))")
+fi
+# check.txt and timing.txt hold its lines; its own log is kept only when it failed.
+step "check_and_time.py" "$OUT/check.log" $((DEADLINE_S + 60 - (SECONDS - START))) \
+  "$PYTHON" bench/gpu/check_and_time.py "${CHECK_ARGS[@]}" && rm -f "$OUT/check.log"
+
+note "total $((SECONDS - START)) s, exit status $STATUS; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+exit "$STATUS"

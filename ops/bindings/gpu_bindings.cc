@@ -4,8 +4,6 @@
 // place; the temporary workspace is stream-ordered (cudaMallocAsync / cudaFreeAsync).
 #include "gpu_bindings.h"
 
-#include <algorithm>
-#include <cctype>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -15,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "conv_geometry.h"
 #include "fused_conv_bn_lrelu_cuda.h"
 
 namespace py = pybind11;
@@ -111,16 +110,18 @@ std::pair<int, int> parse_strides(const py::object& strides) {
     return {s, s};
   }
   const auto pair = strides.cast<std::vector<int>>();
-  if (pair.size() != 2) fail("strides must be an int or a pair of ints");
+  if (pair.size() != 2) {
+    fail("strides must be an int or a pair of ints. Received: strides=" +
+         std::string(py::repr(strides)));
+  }
   return {pair[0], pair[1]};
 }
 
-bool parse_padding_same(std::string padding) {
-  std::transform(padding.begin(), padding.end(), padding.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  if (padding == "same") return true;
-  if (padding == "valid") return false;
-  fail("padding must be 'SAME' or 'VALID', got '" + padding + "'");
+bool parse_padding_same(const std::string& padding) {
+  pyae::Padding parsed;
+  const std::string err = pyae::ParsePadding(padding, &parsed);
+  if (!err.empty()) fail(err);
+  return parsed == pyae::Padding::kSame;
 }
 
 PyaeConvShape make_shape(const Shape& x, const Shape& w, const py::object& strides,

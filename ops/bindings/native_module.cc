@@ -37,27 +37,47 @@ void CheckVector(const FloatArray& array, const char* name, int64_t channels) {
   }
 }
 
+// The kernel contract (conv_geometry.h) checks everything; this only raises its message.
+void RaiseIfFailed(const std::string& err) {
+  if (!err.empty()) throw py::value_error(err);
+}
+
+pyae::Padding PaddingOf(const std::string& padding) {
+  pyae::Padding parsed;
+  RaiseIfFailed(pyae::ParsePadding(padding, &parsed));
+  return parsed;
+}
+
 pyae::FusedParams MakeParams(const FloatArray& x, const FloatArray& kernel,
                              std::pair<int64_t, int64_t> strides, const std::string& padding,
                              float epsilon, float negative_slope, bool training,
                              bool transpose) {
   auto x_shape = ShapeOf(x, "x", 4);
   auto kernel_shape = ShapeOf(kernel, "kernel", 4);
-  if (padding != "same" && padding != "valid" && padding != "SAME" && padding != "VALID") {
-    throw py::value_error("padding must be 'same' or 'valid', got '" + padding + "'");
-  }
-  if (!(epsilon > 0.0f)) throw py::value_error("epsilon must be > 0");
-  if (!(negative_slope >= 0.0f)) throw py::value_error("negative_slope must be >= 0");
+  RaiseIfFailed(pyae::CheckOpParams(epsilon, negative_slope));
   pyae::FusedParams params;
-  const auto pad = (padding == "same" || padding == "SAME") ? pyae::Padding::kSame
-                                                            : pyae::Padding::kValid;
-  std::string err = pyae::MakeGeometry(x_shape.data(), kernel_shape.data(), strides.first,
-                                       strides.second, pad, transpose, &params.geometry);
-  if (!err.empty()) throw py::value_error(err);
+  RaiseIfFailed(pyae::MakeGeometry(x_shape.data(), kernel_shape.data(), strides.first,
+                                   strides.second, PaddingOf(padding), transpose,
+                                   &params.geometry));
   params.epsilon = epsilon;
   params.negative_slope = negative_slope;
   params.training = training;
   return params;
+}
+
+// The contract's output length along one axis (Python's pyae.ops.geometry asks this).
+int64_t OutputLength(int64_t length, int64_t kernel, int64_t stride, const std::string& padding,
+                     bool transpose) {
+  RaiseIfFailed(pyae::CheckStrides(stride, stride));
+  if (kernel < 1) {
+    RaiseIfFailed(pyae::Received("kernel size must be >= 1", "kernel", std::to_string(kernel)));
+  }
+  return pyae::OutputLength(length, kernel, stride, PaddingOf(padding), transpose);
+}
+
+// The contract's check of epsilon and negative_slope: "" or its message.
+std::string CheckOpParams(float epsilon, float negative_slope) {
+  return pyae::CheckOpParams(epsilon, negative_slope);
 }
 
 pyae::Runtime DefaultRuntime() {
@@ -166,6 +186,11 @@ PYBIND11_MODULE(_native, m) {
         py::arg("epsilon") = 1e-3f, py::arg("negative_slope") = 0.3f,
         py::arg("training") = false, py::arg("transpose") = false,
         "Returns (dx, dkernel, dgamma, dbeta) given the forward's y, mean and variance.");
+  m.def("output_length", &OutputLength, py::arg("length"), py::arg("kernel"), py::arg("stride"),
+        py::arg("padding"), py::arg("transpose") = false,
+        "Length of the op's output along one axis (the kernel contract's geometry).");
+  m.def("check_op_params", &CheckOpParams, py::arg("epsilon"), py::arg("negative_slope"),
+        "'' when the kernels accept epsilon and negative_slope, else the reason.");
   m.def("build_info", &BuildInfo);
 #ifdef PYAE_WITH_CUDA
   register_gpu_bindings(m);

@@ -309,7 +309,8 @@ std::string CheckFinite(const char* name, const float* values, int64_t count) {
 std::string CheckParameters(const FusedParams& p, const float* kernel, const float* gamma,
                             const float* beta) {
   const ConvGeometry& g = p.geometry;
-  std::string err = CheckFinite("kernel", kernel, g.patch_size() * g.small_c);
+  std::string err = CheckOpParams(p.epsilon, p.negative_slope);  // the contract's rule
+  if (err.empty()) err = CheckFinite("kernel", kernel, g.patch_size() * g.small_c);
   if (err.empty()) err = CheckFinite("gamma", gamma, g.z_channels());
   if (err.empty()) err = CheckFinite("beta", beta, g.z_channels());
   return err;

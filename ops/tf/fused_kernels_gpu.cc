@@ -46,35 +46,24 @@ absl::Status GetStream(OpKernelContext* ctx, cudaStream_t* stream) {
 }
 
 // The API's shape of one call, from x's and the kernel's shapes (already checked by
-// MakeParams; the API indexes with 32-bit ints and checks the rest itself).
-absl::Status MakeCudaShape(const Tensor& x, const Tensor& kernel, const ConvGeometry& geometry,
-                           int stride_h, int stride_w, bool same, bool transpose,
-                           PyaeConvShape* shape) {
+// MakeParams against the same kernel contract; the API adds its 32-bit indexing limit).
+absl::Status MakeCudaShape(const Tensor& x, const Tensor& kernel, int stride_h, int stride_w,
+                           bool same, bool transpose, PyaeConvShape* shape) {
   for (const Tensor* t : {&x, &kernel}) {
     for (int axis = 0; axis < 4; ++axis) {
       if (t->dim_size(axis) > INT_MAX) {
         return absl::InvalidArgumentError(
-            std::string(t == &x ? "x" : "kernel") + " is too large for the GPU kernel: shape " +
-            ShapeString(*t));
+            std::string(t == &x ? "x" : "kernel") + " is too large for the GPU kernel. "
+            "Received: shape " + ShapeString(*t));
       }
     }
   }
-  TF_RETURN_IF_ERROR(CudaStatus(pyae_cuda_make_conv_shape(
+  return CudaStatus(pyae_cuda_make_conv_shape(
       static_cast<int>(x.dim_size(0)), static_cast<int>(x.dim_size(1)),
       static_cast<int>(x.dim_size(2)), static_cast<int>(x.dim_size(3)),
       static_cast<int>(kernel.dim_size(0)), static_cast<int>(kernel.dim_size(1)),
       static_cast<int>(kernel.dim_size(2)), static_cast<int>(kernel.dim_size(3)), stride_h,
-      stride_w, same ? 1 : 0, transpose ? 1 : 0, shape)));
-  // Both geometries follow the same TensorFlow/Keras rules; a mismatch is a bug here.
-  const int64_t z_h = transpose ? geometry.big_h : geometry.small_h;
-  const int64_t z_w = transpose ? geometry.big_w : geometry.small_w;
-  if (shape->out_h != z_h || shape->out_w != z_w || shape->out_c != geometry.z_channels()) {
-    return absl::InternalError("PyaeFusedConvBnLeakyRelu: CPU and GPU output shapes disagree (" +
-                               std::to_string(z_h) + ", " + std::to_string(z_w) + ") vs (" +
-                               std::to_string(shape->out_h) + ", " +
-                               std::to_string(shape->out_w) + ")");
-  }
-  return absl::OkStatus();
+      stride_w, same ? 1 : 0, transpose ? 1 : 0, shape));
 }
 
 class FusedGpuOpBase : public FusedOpBase {
@@ -82,12 +71,11 @@ class FusedGpuOpBase : public FusedOpBase {
   using FusedOpBase::FusedOpBase;
 
  protected:
-  absl::Status CudaShape(const Tensor& x, const Tensor& kernel, const FusedParams& params,
-                         PyaeConvShape* shape) const {
+  absl::Status CudaShape(const Tensor& x, const Tensor& kernel, PyaeConvShape* shape) const {
     if (stride_h_ > INT_MAX || stride_w_ > INT_MAX) {
       return absl::InvalidArgumentError("strides too large for the GPU kernel");
     }
-    return MakeCudaShape(x, kernel, params.geometry, static_cast<int>(stride_h_),
+    return MakeCudaShape(x, kernel, static_cast<int>(stride_h_),
                          static_cast<int>(stride_w_), padding_ == Padding::kSame, transpose_,
                          shape);
   }
@@ -125,7 +113,7 @@ class FusedConvBnLeakyReluGpuOp : public FusedGpuOpBase {
     OP_REQUIRES_OK(ctx, CheckForwardInputs(ctx, &params));
     const int64_t channels = params.geometry.z_channels();
     PyaeConvShape shape;
-    OP_REQUIRES_OK(ctx, CudaShape(x, kernel, params, &shape));
+    OP_REQUIRES_OK(ctx, CudaShape(x, kernel, &shape));
     const PyaeFusedParams cuda_params = CudaParams(params);
     cudaStream_t stream;
     OP_REQUIRES_OK(ctx, GetStream(ctx, &stream));
@@ -172,7 +160,7 @@ class FusedConvBnLeakyReluGradGpuOp : public FusedGpuOpBase {
     FusedParams params;
     OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, &params));
     PyaeConvShape shape;
-    OP_REQUIRES_OK(ctx, CudaShape(x, kernel, params, &shape));
+    OP_REQUIRES_OK(ctx, CudaShape(x, kernel, &shape));
     const PyaeFusedParams cuda_params = CudaParams(params);
     cudaStream_t stream;
     OP_REQUIRES_OK(ctx, GetStream(ctx, &stream));

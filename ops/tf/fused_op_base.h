@@ -38,22 +38,19 @@ class FusedOpBase : public OpKernel {
     OP_REQUIRES(ctx, strides.size() == 2,
                 absl::InvalidArgumentError("strides must have 2 elements, got " +
                                            std::to_string(strides.size())));
-    OP_REQUIRES(ctx, strides[0] >= 1 && strides[1] >= 1,
-                absl::InvalidArgumentError("strides must be >= 1, got [" +
-                                           std::to_string(strides[0]) + ", " +
-                                           std::to_string(strides[1]) + "]"));
-    OP_REQUIRES(ctx, params_.epsilon > 0.0f,
-                absl::InvalidArgumentError("epsilon must be > 0, got " +
-                                           std::to_string(params_.epsilon)));
-    OP_REQUIRES(ctx, params_.negative_slope >= 0.0f,
-                absl::InvalidArgumentError("negative_slope must be >= 0, got " +
-                                           std::to_string(params_.negative_slope)));
+    // The kernel contract (conv_geometry.h) judges the values; TF only wraps its message.
+    OP_REQUIRES_OK(ctx, ContractStatus(CheckStrides(strides[0], strides[1])));
+    OP_REQUIRES_OK(ctx, ContractStatus(CheckOpParams(params_.epsilon, params_.negative_slope)));
+    OP_REQUIRES_OK(ctx, ContractStatus(ParsePadding(padding, &padding_)));
     stride_h_ = strides[0];
     stride_w_ = strides[1];
-    padding_ = padding == "SAME" ? Padding::kSame : Padding::kValid;
   }
 
  protected:
+  static absl::Status ContractStatus(const std::string& err) {
+    return err.empty() ? absl::OkStatus() : absl::InvalidArgumentError(err);
+  }
+
   // Fills params->geometry from x and kernel, or says why they disagree.
   absl::Status MakeParams(const Tensor& x, const Tensor& kernel, FusedParams* params) const {
     if (x.dims() != 4) {
@@ -66,9 +63,8 @@ class FusedOpBase : public OpKernel {
     const int64_t k_shape[4] = {kernel.dim_size(0), kernel.dim_size(1), kernel.dim_size(2),
                                 kernel.dim_size(3)};
     *params = params_;
-    const std::string err = MakeGeometry(x_shape, k_shape, stride_h_, stride_w_, padding_,
-                                         transpose_, &params->geometry);
-    return err.empty() ? absl::OkStatus() : absl::InvalidArgumentError(err);
+    return ContractStatus(MakeGeometry(x_shape, k_shape, stride_h_, stride_w_, padding_,
+                                       transpose_, &params->geometry));
   }
 
   static absl::Status CheckVector(const Tensor& t, const char* name, int64_t channels) {

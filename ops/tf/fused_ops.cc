@@ -10,12 +10,6 @@ using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
-int64_t OutputLength(int64_t length, int64_t kernel, int64_t stride, bool same, bool transpose) {
-  const Padding padding = same ? Padding::kSame : Padding::kValid;
-  return transpose ? ConvTransposeOutputLength(length, kernel, stride, padding)
-                   : ConvOutputLength(length, kernel, stride, padding);
-}
-
 absl::Status ForwardShape(InferenceContext* c) {
   ShapeHandle x, kernel;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
@@ -30,13 +24,15 @@ absl::Status ForwardShape(InferenceContext* c) {
     return absl::InvalidArgumentError("strides must have 2 elements, got " +
                                       std::to_string(strides.size()));
   }
-  const bool same = padding == "SAME";
+  Padding padding_kind;
+  const std::string padding_error = ParsePadding(padding, &padding_kind);
+  if (!padding_error.empty()) return absl::InvalidArgumentError(padding_error);
   std::vector<DimensionHandle> dims = {c->Dim(x, 0)};
   for (int axis = 0; axis < 2; ++axis) {
     DimensionHandle in = c->Dim(x, axis + 1), k = c->Dim(kernel, axis);
     if (c->ValueKnown(in) && c->ValueKnown(k) && strides[axis] >= 1) {
       dims.push_back(c->MakeDim(
-          OutputLength(c->Value(in), c->Value(k), strides[axis], same, transpose)));
+          OutputLength(c->Value(in), c->Value(k), strides[axis], padding_kind, transpose)));
     } else {
       dims.push_back(c->UnknownDim());
     }

@@ -84,10 +84,7 @@ def fused_conv_bn_leaky_relu(
     )
     strides = geometry.normalize_pair(strides, "strides")
     padding = geometry.normalize_padding(padding)
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
-    if not negative_slope >= 0:
-        raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
+    geometry.check_op_params(epsilon, negative_slope)
     _check_args(x, kernel, gamma, beta, moving_mean, moving_variance, transpose)
     training = bool(training)
     if resolve_impl(impl, x.dtype) == "tf":

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 
+#include "conv_geometry.h"
 #include "cuda_status.cuh"
 #include "fused_conv_bn_lrelu_cuda.h"
 
@@ -11,11 +12,9 @@ namespace pyae_cuda {
 
 inline const char* check_params(const PyaeFusedParams* params) {
   if (params == nullptr) return set_error("params is null");
-  if (!(params->epsilon > 0.0f)) return set_error("epsilon must be > 0, got %g", params->epsilon);
-  if (!(params->negative_slope >= 0.0f)) {
-    return set_error("negative_slope must be >= 0, got %g", params->negative_slope);
-  }
-  return nullptr;
+  // The kernel contract's rule (conv_geometry.h), as the CPU kernels check it.
+  const std::string err = pyae::CheckOpParams(params->epsilon, params->negative_slope);
+  return err.empty() ? nullptr : set_error("%s", err.c_str());
 }
 
 inline const char* check_workspace(size_t needed, const void* workspace, size_t given) {
