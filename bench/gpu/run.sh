@@ -67,10 +67,12 @@ for dir in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do
   if [[ -d $dir ]]; then PATH="$PATH:$dir"; fi
 done
 export PATH
-GENERATOR=()
-if command -v ninja >/dev/null 2>&1; then GENERATOR=(-G Ninja); fi
+if command -v ninja >/dev/null 2>&1 && [[ ! -f $BUILD_DIR/CMakeCache.txt ]]; then
+  export CMAKE_GENERATOR=Ninja
+fi
+export ROOT BUILD_DIR PYTHON
 configure() {
-  cmake -S "$ROOT" -B "$BUILD_DIR" "${GENERATOR[@]}" \
+  cmake -S "$ROOT" -B "$BUILD_DIR" \
     -DCMAKE_BUILD_TYPE=Release \
     -DPYAE_WITH_TF=OFF \
     -DPYAE_WITH_CUDA=ON \
@@ -79,7 +81,8 @@ configure() {
     -DPython_EXECUTABLE="$(command -v "$PYTHON")" &&
     cmake --build "$BUILD_DIR" -j "$(nproc)" --target _native pyae_cuda_sanitize
 }  # (pyae_cuda_sanitize exists only when CMake found nvcc: no silent CPU-only build)
-step "build (sm_90, no TF)" "$OUT/build.log" 300 configure || { note "build failed: stop"; exit "$STATUS"; }
+export -f configure  # `timeout` runs programs: the step runs it in a bash
+step "build (sm_90, no TF)" "$OUT/build.log" 300 bash -c configure || { note "build failed: stop"; exit "$STATUS"; }
 NATIVE_DIR="$BUILD_DIR/pyae"
 SANITIZE_BIN="$(find "$BUILD_DIR" -name pyae_cuda_sanitize -type f -perm -u+x | head -n 1)"
 export PYAE_NATIVE_DIR="$NATIVE_DIR" PYTHONUNBUFFERED=1
