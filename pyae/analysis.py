@@ -7,12 +7,13 @@ values (no argparse), so a notebook calls them as the ``pyae`` command does::
     run_dir, model, dataset = pyae.runs.load_run("runs/demo")
     pyae.analysis.latent_step(run_dir, model, dataset, projection="tsne")
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from pyae import evaluate, latent, plots, runs, train
+from pyae import evaluate, latent, plots, runs
 
 SAMPLER_NAMES = ("uniform", "normal", "gaussian", "gmm")
 MAX_ANALYSIS_IMAGES = 10_000
@@ -44,15 +45,21 @@ def reconstruction_metrics(images, reconstructions):
             "ssim": evaluate.ssim(images, reconstructions)}
 
 
-def latent_step(run_dir, model, dataset, projection="pca", max_points=2000, seed=0):
-    """latent_scatter.png (2-D latents directly, else projected) and representation metrics."""
+def latent_step(run_dir, model, dataset, projection=None, max_points=2000, seed=0):
+    """latent_scatter.png (2-D latents directly, else projected by ``projection``, default
+    "pca") and representation metrics. A projection asked for a 2-D latent is not used,
+    with a warning."""
     chosen = _subsample(len(dataset.x_test), max_points, seed)
     codes = model.encode(dataset.x_test[chosen])
     labels = None if dataset.y_test is None else dataset.y_test[chosen]
     if codes.shape[1] == 2:
+        if projection is not None:
+            warnings.warn(f"projection {projection!r} not used: the latent space is 2-D and "
+                          "is plotted as it is", stacklevel=2)
         fig = plots.latent_scatter(codes, labels, dataset.label_names,
                                    title=f"Projection of 2D Latent-Space ({dataset.name})")
     else:
+        projection = projection or "pca"
         fig = plots.projection_scatter(codes, labels, dataset.label_names, method=projection,
                                        seed=seed, title=f"{projection} of the {codes.shape[1]}"
                                                         f"-D latent space ({dataset.name})")
@@ -89,7 +96,6 @@ def _latent_captions(codes):
 
 
 def fitted_samplers(train_codes, names, seed):
-
     return {name: latent.get_sampler(name, seed=seed).fit(train_codes) for name in names}
 
 
@@ -146,7 +152,7 @@ def loss_curves_step(run_dir):
     path = Path(run_dir) / runs.LOSS_FILE
     if not path.is_file():
         raise runs.RunFolderError(f"{path}: no loss.csv in the run folder")
-    rows = train.read_loss_csv(path)
+    rows = runs.read_loss_csv(path)
     if not rows:
         raise runs.RunFolderError(f"{path}: loss.csv is empty")
     plots.save_figure(plots.loss_curves(rows), Path(run_dir) / "loss_curves.png")
@@ -163,7 +169,7 @@ def consistency_step(run_dir, model, dataset):
 
 # --------------------------------------------------------------------------- whole runs
 
-def analyse_run(run_dir, model, dataset, projection="pca", seed=0, verbose=True):
+def analyse_run(run_dir, model, dataset, projection=None, seed=0, verbose=True):
     """Every figure and metric of a freshly trained run, with a progress bar."""
     stages = [
         ("reconstructions", lambda: reconstruction_step(run_dir, model, dataset)),

@@ -9,11 +9,13 @@ an unknown dataset or preset, a run without weights...) exits with status 2 and 
 on stderr; set PYAE_DEBUG=1 to see the traceback instead.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -147,7 +149,15 @@ def _model_config(args, preset, dataset):
     return config
 
 
+def _check_impl_and_step(impl, step):
+    if impl == "native" and step == "xla":
+        raise CliError("--impl native --step xla: the native op cannot run inside an "
+                       "XLA-compiled step; use --step native (or auto) with --impl native, "
+                       "or --impl auto/tf with --step xla")
+
+
 def command_train(args):
+    _check_impl_and_step(args.impl, args.step)
     dataset_spec = check_dataset_spec(args.dataset)
     _check_existing_dir(args.fashion_mnist_path, "--fashion-mnist-path")
     import_tensorflow_quietly()
@@ -155,15 +165,20 @@ def command_train(args):
 
     data_config = _dataset_config(args, dataset_spec)
     dataset = runs.load_run_dataset(data_config)
+    try:
+        runs.check_dataset_size(dataset)
+    except runs.RunFolderError as err:
+        raise CliError(f"--limit {args.limit}: {err}" if args.limit else err) from None
     preset = args.preset or runs.default_preset(dataset_spec)
     model_config = _model_config(args, preset, dataset)
     model = runs.build_model(model_config)
     run_dir = Path(args.out).expanduser() if args.out else runs.default_run_dir(dataset_spec)
     train_config = {"epochs": args.epochs, "seed": args.seed, "step": args.step,
-                    "batch_size": args.batch_size or runs.default_batch_size(
-                        preset, len(dataset.x_train))}
+                    "batch_size": args.batch_size}
     config = {"data": data_config, "model": model_config, "train": train_config}
-    runs.check_resumable(run_dir, config)
+    runs.check_resumable(run_dir, config)  # a resumed run keeps its batch size
+    if train_config["batch_size"] is None:
+        train_config["batch_size"] = runs.default_batch_size(preset, len(dataset.x_train))
     _say(args, f"training the {preset} model (latent {model.latent_dim}, {args.objective}) "
                f"on {len(dataset.x_train)} {dataset.name} images, batch "
                f"{train_config['batch_size']} -> {run_dir}")
@@ -329,8 +344,9 @@ def _add_train_parser(commands):
     parser.add_argument("--batch-size", type=_positive_int,
                         help="default 128 (fashion_mnist preset) or 32 (cartoon), halved "
                              "for small datasets to give 40 steps per epoch (32 on digits)")
-    parser.add_argument("--projection", choices=PROJECTION_NAMES, default="pca",
-                        help="2-D projection of latents wider than 2 (default pca)")
+    parser.add_argument("--projection", choices=PROJECTION_NAMES,
+                        help="2-D projection of latents wider than 2 (default pca); a 2-D "
+                             "latent is plotted as it is")
     parser.add_argument("--out", metavar="DIR",
                         help="run folder (default runs/<dataset>-<timestamp>)")
     parser.add_argument("--limit", type=_positive_int, metavar="N",
@@ -340,33 +356,52 @@ def _add_train_parser(commands):
 
 
 def _add_analysis_parsers(commands):
-    parser = commands.add_parser("reconstruct", help="5x5 reconstruction grid + MSE/PSNR/SSIM")
+    parser = commands.add_parser(
+        "reconstruct", help="5x5 reconstruction grid + MSE/PSNR/SSIM",
+        description="Reconstruct test images with a trained run: writes reconstructions.png "
+                    "(originals above reconstructions, as the tutorial shows them) and the "
+                    "test set's MSE, PSNR and SSIM into metrics.json.")
     _add_run(parser)
     parser.add_argument("--n", type=_positive_int, default=25, help="images shown (default 25)")
     _add_common(parser)
     parser.set_defaults(handler=command_reconstruct)
 
-    parser = commands.add_parser("latent", help="latent scatter + representation metrics")
+    parser = commands.add_parser(
+        "latent", help="latent scatter + representation metrics",
+        description="Plot the test set's codes (latent_scatter.png: a 2-D latent as it is, a "
+                    "wider one projected by PCA or t-SNE) and score them with labels: linear "
+                    "probe, k-NN accuracy, k-means NMI/ARI, into metrics.json.")
     _add_run(parser)
-    parser.add_argument("--projection", choices=PROJECTION_NAMES, default="pca",
-                        help="for latents wider than 2 (default pca; the tutorial uses tsne)")
+    parser.add_argument("--projection", choices=PROJECTION_NAMES,
+                        help="for latents wider than 2 (default pca; the tutorial uses tsne); "
+                             "a 2-D latent is plotted as it is")
     parser.add_argument("--max-points", type=_positive_int, default=2000,
                         help="test images plotted (default 2000)")
     _add_common(parser)
     parser.set_defaults(handler=command_latent)
 
-    parser = commands.add_parser("sample", help="decode latent samples per sampler, interpolate")
+    parser = commands.add_parser(
+        "sample", help="decode latent samples per sampler, interpolate",
+        description="Fit each sampler to the training codes and decode its samples "
+                    "(samples_<sampler>.png), report how often they land in the latent "
+                    "space's holes, and decode paths between test images (interpolation.png).")
     _add_run(parser)
     parser.add_argument("--samplers", type=_sampler_list, default=list(SAMPLER_NAMES),
                         help=f"comma-separated, from {','.join(SAMPLER_NAMES)} (default all)")
     parser.add_argument("--n", type=_positive_int, default=10, help="samples shown (default 10)")
-    parser.add_argument("--interpolation", choices=("lerp", "slerp"), default="lerp")
+    parser.add_argument("--interpolation", choices=("lerp", "slerp"), default="lerp",
+                        help="straight (lerp, default) or spherical (slerp) paths")
     _add_common(parser)
     parser.set_defaults(handler=command_sample)
 
-    parser = commands.add_parser("evaluate", help="every metric of a run into metrics.json")
+    parser = commands.add_parser(
+        "evaluate", help="every metric of a run into metrics.json",
+        description="Compute every metric of a trained run without figures (reconstruction, "
+                    "representation, samplers, decoder consistency), write them into "
+                    "metrics.json and print the whole file.")
     _add_run(parser)
-    parser.add_argument("--samplers", type=_sampler_list, default=list(SAMPLER_NAMES))
+    parser.add_argument("--samplers", type=_sampler_list, default=list(SAMPLER_NAMES),
+                        help=f"comma-separated, from {','.join(SAMPLER_NAMES)} (default all)")
     parser.add_argument("--n", type=_positive_int, default=500,
                         help="samples per sampler for the sampler report (default 500)")
     _add_common(parser)
@@ -443,6 +478,18 @@ def build_parser():
     return parser
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command):
+    """Warnings (a damaged file set aside, images skipped...) as one line each, like errors,
+    without the source line Python shows by default."""
+    shown = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"pyae {command}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = shown
+
+
 USER_ERRORS = (CliError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
 
 
@@ -455,7 +502,8 @@ def main(argv=None):
     if getattr(args, "extra", None) and args.extra[0] == "--":
         args.extra = args.extra[1:]
     try:
-        return args.handler(args)
+        with _warnings_as_lines(args.command):
+            return args.handler(args)
     except USER_ERRORS as err:
         if os.environ.get("PYAE_DEBUG"):
             raise

@@ -271,6 +271,10 @@ def scan_image_folder(path, on_error: str = "skip", limit=None) -> ImageFolder:
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(_check_image, pngs))
     bad = [(png, why) for png, (why, _) in zip(pngs, results, strict=True) if why is not None]
+    if len(bad) == len(pngs):
+        png, reason = bad[0]
+        raise ValueError(f"no readable images in {root}: none of its {len(pngs)} .png file(s) "
+                         f"reads (first: {png.name}: {reason})")
     if bad and on_error == "raise":
         png, reason = bad[0]
         raise ValueError(f"{png}: unreadable image ({reason}); {len(bad)} bad file(s) in {root}")
@@ -541,6 +545,23 @@ def _labelled_split(name, images, attrs, label_attr, num_values, label_names, te
     return Dataset(name, images[train], labels[train], images[test], labels[test], tuple(names))
 
 
+def _folder_label(folder, label_attr):
+    """``label_attr`` if every image of the folder has it; None (an unlabelled dataset)
+    if none has it, or, with a warning, if only some do: a made-up class for the others
+    would be counted in every label metric and coloured as a real class."""
+    if label_attr not in folder.attrs:
+        return None
+    missing = np.flatnonzero(folder.attrs[label_attr] < 0)
+    if len(missing):
+        warnings.warn(
+            f"{len(missing)} of {len(folder)} images in {folder.root} have no {label_attr!r} "
+            f"attribute (no .csv beside them, or none naming it; first: "
+            f"{folder.files[missing[0]].name}): the dataset is used without labels",
+            stacklevel=3)
+        return None
+    return label_attr
+
+
 def load_dataset(
     name: str = "digits",
     *,
@@ -575,7 +596,7 @@ def load_dataset(
     if name.startswith("folder:"):
         folder = scan_image_folder(name[len("folder:"):], limit=limit)
         images, attrs = load_image_folder(folder, image_size)
-        label_attr = label_attr if label_attr in attrs else None
+        label_attr = _folder_label(folder, label_attr)
         return _labelled_split(
             name, images, attrs, label_attr, folder.num_values, None, test_fraction, seed
         )

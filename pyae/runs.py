@@ -15,6 +15,7 @@ leaves the old file or the new one, never half of one. A damaged file is named i
 checkpoint when there is one. The functions take plain values, not argparse namespaces:
 the CLI, the training code and a notebook share them.
 """
+import csv
 import datetime
 import json
 import math
@@ -99,6 +100,22 @@ def save_weights(model, run_dir):
     return path
 
 
+def read_loss_csv(path):
+    """loss.csv (one row per epoch) as a list of dicts, numbers parsed."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return [{key: _parse_number(value) for key, value in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def _parse_number(text):
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except (TypeError, ValueError):
+            pass
+    return text
+
+
 # --------------------------------------------------------------------------- metrics
 
 def update_metrics(run_dir, section, values):
@@ -167,7 +184,9 @@ def read_config(run_dir):
 def check_resumable(run_dir, config):
     """The config of the run already in ``run_dir`` (None if there is none), refusing a
     folder that holds another run: the same data and model resume it, anything else would
-    mix two runs in one folder."""
+    mix two runs in one folder. The batch size is part of the run too (it sets every step
+    and the shuffle order): ``config["train"]["batch_size"]`` None takes the run's own, and
+    another one is refused. More epochs, or another train step, continue the run."""
     config_path = Path(run_dir) / CONFIG_FILE
     if not config_path.is_file():
         return None
@@ -176,6 +195,14 @@ def check_resumable(run_dir, config):
             previous.get("model") != jsonable(config["model"]):
         raise RunFolderError(f"{run_dir}: the folder holds a run with another dataset or "
                              "model; choose another folder (the same options resume that run)")
+    train, trained_with = config["train"], previous.get("train", {}).get("batch_size")
+    if train.get("batch_size") is None:
+        train["batch_size"] = trained_with
+    elif trained_with is not None and train["batch_size"] != trained_with:
+        raise RunFolderError(
+            f"{run_dir}: its run was trained with batch size {trained_with}, not "
+            f"{train['batch_size']}; resume it with batch size {trained_with} (or none "
+            "given), or train into another folder")
     return previous
 
 
@@ -214,6 +241,23 @@ def load_run_dataset(data_config):
     except data_lib.DatasetUnavailableError as err:
         raise RunFolderError(str(err)) from None
     return limit_dataset(dataset, data_config.get("limit"))
+
+
+# The smallest dataset every analysis of a run can take: the sampler report measures k-NN
+# radii (k=5) among the training codes, and the latent scatter projects the test codes to 2-D.
+MIN_TRAIN_IMAGES = 6
+MIN_TEST_IMAGES = 2
+
+
+def check_dataset_size(dataset):
+    """RunFolderError, before anything is trained or written, if the dataset is too small
+    for the analyses of a run."""
+    train, test = len(dataset.x_train), len(dataset.x_test)
+    if train < MIN_TRAIN_IMAGES or test < MIN_TEST_IMAGES:
+        raise RunFolderError(
+            f"{dataset.name}: {train} training and {test} test image(s) are too few; a run's "
+            f"analyses need at least {MIN_TRAIN_IMAGES} and {MIN_TEST_IMAGES} (a folder "
+            "keeps a tenth of its images for testing)")
 
 
 def limit_dataset(dataset, limit):

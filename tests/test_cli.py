@@ -1,7 +1,9 @@
 """The ``pyae`` command line: one tiny training run per module, every command on it, and
 bad input that must exit 2 with one message naming the bad value."""
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -271,3 +273,150 @@ def test_default_batch_size_gives_enough_steps(preset, images, batch_size):
 def test_out_folder_holding_another_run_is_refused(trained_run, capsys):
     result = run_cli(capsys, "train", "--latent-dim", 3, "--limit", 128, "--out", trained_run)
     assert_user_error(result, str(trained_run), "another dataset or model")
+
+
+# --------------------------------------------------------------------------- issue 12's rough edges
+
+def warning_lines(err):
+    return [line for line in err.splitlines() if ": warning: " in line]
+
+
+def test_native_impl_in_an_xla_step_is_refused_before_anything_is_written(tmp_path, capsys):
+    result = run_cli(capsys, "train", "--impl", "native", "--step", "xla", "--limit", 64,
+                     "--out", tmp_path / "run")
+    assert_user_error(result, "--impl native --step xla")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_another_batch_size_is_refused(trained_run, tmp_path, capsys):
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    config_before = (run_dir / "config.json").read_bytes()
+    result = run_cli(capsys, "train", "--epochs", 2, "--limit", 128, "--batch-size", 32,
+                     "--out", run_dir)
+    assert_user_error(result, str(run_dir), "batch size 64, not 32")
+    assert (run_dir / "config.json").read_bytes() == config_before
+
+
+def test_resuming_without_a_batch_size_keeps_the_runs_own(trained_run):
+    config = json.loads((trained_run / "config.json").read_text())
+    config["train"]["batch_size"] = None
+    runs.check_resumable(trained_run, config)
+    assert config["train"]["batch_size"] == 64
+
+
+def test_damaged_final_weights_fall_back_to_the_last_epoch(trained_run, tmp_path, capsys):
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    weights = run_dir / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    status, out, err = run_cli(capsys, "reconstruct", "--run", run_dir, "--quiet")
+    assert status == 0, err
+    [line] = warning_lines(err)
+    assert str(weights) in line and "last complete epoch" in line
+    assert json.loads(out)["reconstruction"]["mse"] > 0
+
+
+def test_damaged_final_weights_without_an_epoch_checkpoint(trained_run, tmp_path, capsys):
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    for epoch_dir in run_dir.glob("epoch-*"):
+        shutil.rmtree(epoch_dir)
+    (run_dir / "model.weights.h5").write_bytes(b"\x89HDF\r\n")
+    result = run_cli(capsys, "latent", "--run", run_dir, "--quiet")
+    assert_user_error(result, str(run_dir / "model.weights.h5"), "damaged")
+
+
+def test_damaged_metrics_are_kept_aside_and_restarted(trained_run, tmp_path, capsys):
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    (run_dir / "metrics.json").write_text('{"reconstruction": {"mse": 0.0')
+    status, _, err = run_cli(capsys, "reconstruct", "--run", run_dir, "--quiet")
+    assert status == 0, err
+    [line] = warning_lines(err)
+    assert str(run_dir / "metrics.json") in line and "metrics.json.damaged" in line
+    assert (run_dir / "metrics.json.damaged").read_text() == '{"reconstruction": {"mse": 0.0'
+    assert set(metrics_of(run_dir)) == {"reconstruction"}
+
+
+def test_damaged_config_is_named(trained_run, tmp_path, capsys):
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    (run_dir / "config.json").write_text('{"data": ')
+    assert_user_error(run_cli(capsys, "sample", "--run", run_dir, "--quiet"),
+                      str(run_dir / "config.json"), "damaged")
+
+
+def test_run_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    runs.write_json(path, {"kept": 1})
+
+    def interrupted(_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(OSError, match="disk full"):
+        runs.write_json(path, {"kept": 2})
+    assert json.loads(path.read_text()) == {"kept": 1}
+    assert [entry.name for entry in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_final_weights_are_replaced_whole_or_not_at_all(trained_run, tmp_path):
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    before = (run_dir / "model.weights.h5").read_bytes()
+
+    class Interrupted:
+        def save_weights(self, path):
+            open(path, "wb").write(b"half a file")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runs.save_weights(Interrupted(), run_dir)
+    assert (run_dir / "model.weights.h5").read_bytes() == before
+    assert not list(run_dir.glob(".tmp-*"))
+
+
+def test_a_folder_of_unreadable_images(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"cs{index}.png").write_bytes(b"not a png")
+    result = run_cli(capsys, "train", "--dataset", f"folder:{folder}", "--out", tmp_path / "run")
+    assert_user_error(result, f"no readable images in {folder}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_projection_a_2d_latent_does_not_need_is_reported(trained_run, capsys):
+    status, _, err = run_cli(capsys, "latent", "--run", trained_run, "--projection", "tsne",
+                             "--quiet")
+    assert status == 0, err
+    [line] = warning_lines(err)
+    assert "'tsne' not used" in line and "2-D" in line
+
+
+def test_every_command_and_option_has_help():
+    commands = next(action for action in cli.build_parser()._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        assert parser.description, name
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest}"
+
+
+def test_a_set_too_small_for_the_analyses_is_refused_up_front(tmp_path, capsys):
+    folder = tmp_path / "cartoonset10k"
+    from pyae import data
+
+    data.write_synthetic_cartoon_folder(folder, 10, image_size=32, seed=0)
+    result = run_cli(capsys, "train", "--dataset", f"folder:{folder}", "--limit", 10,
+                     "--image-size", 32, "--out", tmp_path / "run")
+    assert_user_error(result, "--limit 10", "9 training and 1 test image(s) are too few")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_smallest_set_the_analyses_take_trains_and_analyses(tmp_path, capsys):
+    folder = tmp_path / "cartoonset10k"
+    from pyae import data
+
+    data.write_synthetic_cartoon_folder(folder, 15, image_size=32, seed=0)
+    status, _, err = run_cli(capsys, "train", "--dataset", f"folder:{folder}", "--image-size",
+                             32, "--latent-dim", 8, "--epochs", 1, "--step", "native",
+                             "--out", tmp_path / "run", "--quiet")
+    assert status == 0, err
+    for name in RUN_FILES:
+        assert (tmp_path / "run" / name).is_file(), name

@@ -345,3 +345,20 @@ def test_load_dataset_uniform_structure(tmp_path, rng, load):
 def test_load_dataset_rejects_unknown_name():
     with pytest.raises(ValueError, match="unknown dataset"):
         data.load_dataset("imagenet")
+
+
+def test_a_folder_without_one_readable_image_says_so(cartoon_folder):
+    for png in cartoon_folder.glob("*.png"):
+        png.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"^no readable images in .*cartoonset10k: none of "
+                                         rf"its {N_FACES} \.png"):
+        data.load_dataset(f"folder:{cartoon_folder}", image_size=16)
+
+
+def test_images_without_labels_among_labelled_ones_are_named_not_labelled_minus_one(
+        cartoon_folder):
+    (cartoon_folder / "cs3.csv").unlink()
+    with pytest.warns(UserWarning, match=r"1 of 6 images .* no 'hair_color' .*cs3\.png.*"
+                                         "without labels"):
+        dataset = data.load_dataset(f"folder:{cartoon_folder}", image_size=16)
+    assert dataset.y_train is None and dataset.y_test is None
