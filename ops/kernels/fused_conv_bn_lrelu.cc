@@ -316,11 +316,19 @@ std::string CheckParameters(const FusedParams& p, const float* kernel, const flo
   return err;
 }
 
-std::string NonFiniteInput(const char* tensor, int64_t channel) {
-  std::ostringstream err;
-  err << tensor << " contains NaN or Inf (the result in channel " << channel
-      << " is not finite)";
-  return err.str();
+// var + epsilon is what BN takes the square root of: a moving variance at or below
+// -epsilon is an invalid parameter, not a NaN in x.
+std::string CheckVariance(const char* name, const float* variance, int64_t count,
+                          float epsilon) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (!(variance[i] + epsilon > 0.0f)) {
+      std::ostringstream err;
+      err << name << " + epsilon must be > 0 (element " << i << " is " << variance[i]
+          << ", epsilon " << epsilon << ")";
+      return err.str();
+    }
+  }
+  return "";
 }
 
 // Everything the backward needs per channel.
@@ -510,9 +518,6 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
   for (int64_t c = 0; c < channels; ++c) {
     dbeta[c] = static_cast<float>(totals[c]);
     dgamma[c] = static_cast<float>(totals[channels + c]);
-    if (!std::isfinite(dbeta[c]) || !std::isfinite(dgamma[c])) {
-      return NonFiniteInput("dy (the upstream gradient)", c);
-    }
     terms->dz_du[c] = gamma[c] * terms->rstd[c];
     terms->dz_bias[c] = p.training ? static_cast<float>(-terms->dz_du[c] * totals[c] / count) : 0.f;
     terms->dz_xhat[c] =
@@ -560,10 +565,10 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
       shift[c] = beta[c] - mean[c] * scale[c];
     }
   };
-  std::vector<float> probes(blocks.count(), 0.0f);
   if (!p.training) {
     err = CheckFinite("moving_mean", moving_mean, channels);
     if (err.empty()) err = CheckFinite("moving_variance", moving_variance, channels);
+    if (err.empty()) err = CheckVariance("moving_variance", moving_variance, channels, p.epsilon);
     if (!err.empty()) return err;
     set_affine(moving_mean, moving_variance);
     runtime.run_tasks(blocks.count(), [&](int64_t b) {
@@ -571,11 +576,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
       TileEpilogue epilogue{scale.data(), shift.data(), p.negative_slope};
       ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, y,
                [](float*, int64_t) {}, &epilogue);
-      probes[b] = epilogue.probe;
     });
-    for (float probe : probes) {
-      if (!std::isfinite(probe)) return "x contains NaN or Inf (the output is not finite)";
-    }
     std::memcpy(mean_out, moving_mean, sizeof(float) * channels);
     std::memcpy(variance_out, moving_variance, sizeof(float) * channels);
     return "";
@@ -594,8 +595,8 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
   const double count = static_cast<double>(g.batch * g.z_pixels());
   for (int64_t c = 0; c < channels; ++c) {
     const double mean = totals[c] / count;
+    // NaN or Inf in x propagates to the statistics and y, as in Keras (std::max keeps NaN).
     const double variance = std::max(totals[channels + c] / count - mean * mean, 0.0);
-    if (!std::isfinite(mean) || !std::isfinite(variance)) return NonFiniteInput("x", c);
     mean_out[c] = static_cast<float>(mean);
     variance_out[c] = static_cast<float>(variance);
   }
@@ -615,9 +616,9 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
                           float* dbeta) {
   const ConvGeometry& g = p.geometry;
   const int64_t channels = g.z_channels();
+  // mean and variance are the batch's in training: NaN or Inf in x or dy propagates to the
+  // gradients, as in Keras. Only the parameters are checked.
   std::string err = CheckParameters(p, kernel, gamma, beta);
-  if (err.empty()) err = CheckFinite("mean", mean, channels);
-  if (err.empty()) err = CheckFinite("variance", variance, channels);
   if (!err.empty()) return err;
   ChannelTerms terms;
   terms.rstd.resize(channels);
