@@ -76,6 +76,8 @@ def stand_in(native):
     if not hasattr(native, "conv_bn_lrelu_output_shape"):
         pytest.skip("pyae._native was built without CUDA (nvcc was not found)")
     pytest.importorskip("torch", reason="PyTorch (the tests' device arrays) is not installed")
+    from cuda_stand_in import CpuStandIn  # pylint: disable=import-outside-toplevel
+
     return CudaKernels(CpuStandIn(native), device="cpu")
 
 
@@ -83,43 +85,6 @@ def stand_in(native):
 def kernels(request):
     """The CUDA kernels, and the same test driving the CPU kernels in their place."""
     return request.getfixturevalue("cuda" if request.param == "cuda" else "stand_in")
-
-
-class CpuStandIn:
-    """The CUDA entry points' signatures served by the CPU kernels on CPU tensors, so every
-    line of the CUDA tests but the device calls runs on a machine without a GPU."""
-
-    def __init__(self, native):
-        self.native = native
-
-    def conv_bn_lrelu_output_shape(self, *args):
-        return self.native.conv_bn_lrelu_output_shape(*args)
-
-    @staticmethod
-    def cpu_attrs(strides, padding, epsilon, negative_slope, training, transpose):
-        return dict(strides=tuple(strides), padding=padding, epsilon=epsilon,
-                    negative_slope=negative_slope, training=training, transpose=transpose)
-
-    def conv_bn_lrelu_forward_cuda(self, x, w, gamma, beta, mean, var, y_out, mean_out, var_out,
-                                   *, strides, padding, epsilon=1e-3, negative_slope=0.3,
-                                   training, transpose, allow_tf32, stream):
-        del allow_tf32, stream
-        arrays = [t.numpy() for t in (x, w, gamma, beta, mean, var)]
-        outputs = self.native.conv_bn_lrelu_forward(*arrays, **self.cpu_attrs(
-            strides, padding, epsilon, negative_slope, training, transpose))
-        for target, value in zip((y_out, mean_out, var_out), outputs):
-            if target is not None and (training or target is y_out):
-                target.copy_(_torch().from_numpy(value))
-
-    def conv_bn_lrelu_backward_cuda(self, dy, x, w, gamma, beta, y, mean, var, *grads_out,
-                                    strides, padding, epsilon=1e-3, negative_slope=0.3,
-                                    training, transpose, allow_tf32, stream):
-        del allow_tf32, stream
-        arrays = [t.numpy() for t in (dy, x, w, gamma, beta, y, mean, var)]
-        grads = self.native.conv_bn_lrelu_backward(*arrays, **self.cpu_attrs(
-            strides, padding, epsilon, negative_slope, training, transpose))
-        for target, value in zip(grads_out, grads):
-            target.copy_(_torch().from_numpy(value))
 
 
 def _torch():

@@ -236,27 +236,34 @@ def numpy_reference(case, inputs, training, positive_mask):
 
 
 # ---------------------------------------------------------------------------------------------
-# Where the fused op runs: the CUDA kernels (PyTorch device arrays), or the CPU kernels.
+# Where the fused op runs: the CUDA entry points on PyTorch tensors (on the GPU; in a dry run
+# on the CPU, served by the CPU kernels through tests/cuda_stand_in.py), or, without PyTorch,
+# the CPU entry points on numpy arrays.
 
 
-class CudaBackend:
-    name = "cuda"
-    torch_device = "cuda"
-    tf32_modes = (False, True)
-
-    def __init__(self, native):
-        self.native = native
+class TorchBackend:
+    def __init__(self, native, device):
+        self.native, self.torch_device = native, device
+        self.name = device
+        self.on_gpu = device == "cuda"
+        self.tf32_modes = (False, True) if self.on_gpu else (False,)
 
     def describe(self):
-        return (f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-                f"cuda {torch.version.cuda}  native: {self.native.cuda_device_info()}")
+        if self.on_gpu:
+            return (f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
+                    f"cuda {torch.version.cuda}  native: {self.native.cuda_device_info()}")
+        return (f"device: CPU (dry run: the CPU kernels behind the CUDA entry points' "
+                f"signatures)  torch {torch.__version__}  native: {self.native.build_info()}")
 
     def to_device(self, inputs):
-        return {n: torch.from_numpy(v).cuda() for n, v in inputs.items()}
+        return {n: torch.from_numpy(v).to(self.torch_device) for n, v in inputs.items()}
 
-    @staticmethod
-    def poisoned(shape):
-        return torch.full(tuple(shape), float("nan"), device="cuda", dtype=torch.float32)
+    def poisoned(self, shape):
+        return torch.full(tuple(shape), float("nan"), device=self.torch_device,
+                          dtype=torch.float32)
+
+    def stream(self):
+        return torch.cuda.current_stream().cuda_stream if self.on_gpu else 0
 
     def forward(self, case, d, training, tf32, outputs=None):
         c = case.out_c
@@ -266,7 +273,7 @@ class CudaBackend:
             d["x"], d["w"], d["gamma"], d["beta"], d["mean"], d["var"], y,
             mean if training else None, var if training else None, list(case.stride),
             case.padding.upper(), EPSILON, case.slope, training, case.transpose, tf32,
-            torch.cuda.current_stream().cuda_stream)
+            self.stream())
         return y, (mean if training else d["mean"]), (var if training else d["var"])
 
     def backward(self, case, d, y, mean, var, training, tf32, outputs=None):
@@ -276,21 +283,28 @@ class CudaBackend:
         self.native.conv_bn_lrelu_backward_cuda(
             d["dy"], d["x"], d["w"], d["gamma"], d["beta"], y, mean, var, dx, dw, dgamma, dbeta,
             list(case.stride), case.padding.upper(), EPSILON, case.slope, training,
-            case.transpose, tf32, torch.cuda.current_stream().cuda_stream)
+            case.transpose, tf32, self.stream())
         return dx, dw, dgamma, dbeta
 
-    @staticmethod
-    def to_host(tensors):
-        torch.cuda.synchronize()
+    def output_buffers(self, case, d):
+        """Preallocated (forward, backward) outputs for the timed calls."""
+        empty = lambda *shape: torch.empty(shape, device=self.torch_device)  # noqa: E731
+        c = case.out_c
+        return ((empty(case.batch, *output_hw(case), c), empty(c), empty(c)),
+                (torch.empty_like(d["x"]), torch.empty_like(d["w"]), empty(c), empty(c)))
+
+    def to_host(self, tensors):
+        self.synchronize()
         return {n: t.cpu().numpy() for n, t in tensors.items()}
 
-    @staticmethod
-    def synchronize():
-        torch.cuda.synchronize()
+    def synchronize(self):
+        if self.on_gpu:
+            torch.cuda.synchronize()
 
-    @staticmethod
-    def time_ms(fn, warmup, repeats):
-        """Median of CUDA-event times of `repeats` calls after `warmup` calls."""
+    def time_ms(self, fn, warmup, repeats):
+        """`repeats` times of fn after `warmup` calls: CUDA events on the GPU."""
+        if not self.on_gpu:
+            return wall_clock_ms(fn, warmup, repeats)
         for _ in range(warmup):
             fn()
         torch.cuda.synchronize()
@@ -305,8 +319,19 @@ class CudaBackend:
         return times
 
 
-class CpuBackend:
-    """The dry run: pyae._native's CPU kernels, which poison their own outputs with NaN."""
+def wall_clock_ms(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+class NumpyBackend:
+    """The dry run without PyTorch: the CPU entry points, which poison their own outputs."""
     name = "cpu"
     torch_device = "cpu"
     tf32_modes = (False,)
@@ -315,8 +340,8 @@ class CpuBackend:
         self.native = native
 
     def describe(self):
-        versions = f"torch {torch.__version__}" if torch else "no torch (numpy reference)"
-        return f"device: CPU (dry run)  {versions}  native: {self.native.build_info()}"
+        return ("device: CPU (dry run, no PyTorch: the numpy reference)  native: "
+                f"{self.native.build_info()}")
 
     @staticmethod
     def to_device(inputs):
@@ -337,6 +362,11 @@ class CpuBackend:
             training=training, transpose=case.transpose)
 
     @staticmethod
+    def output_buffers(case, d):
+        del case, d
+        return None, None
+
+    @staticmethod
     def to_host(arrays):
         return {n: np.asarray(a) for n, a in arrays.items()}
 
@@ -346,14 +376,7 @@ class CpuBackend:
 
     @staticmethod
     def time_ms(fn, warmup, repeats):
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
+        return wall_clock_ms(fn, warmup, repeats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,14 +521,7 @@ def torch_block(case, training):
 
 def fused_steps(backend, case, d, tf32):
     """(training forward + backward, inference forward) of the fused op, outputs reused."""
-    if backend.name == "cuda":
-        c = case.out_c
-        forward_out = (torch.empty((case.batch, *output_hw(case), c), device="cuda"),
-                       torch.empty(c, device="cuda"), torch.empty(c, device="cuda"))
-        backward_out = (torch.empty_like(d["x"]), torch.empty_like(d["w"]),
-                        torch.empty(c, device="cuda"), torch.empty(c, device="cuda"))
-    else:
-        forward_out = backward_out = None
+    forward_out, backward_out = backend.output_buffers(case, d)
 
     def train():
         y, mean, var = backend.forward(case, d, True, tf32, forward_out)
@@ -579,8 +595,9 @@ def timing_table(backend, cases, tf32, use_compile, settings, quick, report):
     report(f"\nmeasured peaks: copy {bandwidth / 1e9:.0f} GB/s, "
            + ", ".join(f"{k} matmul {v / 1e12:.2f} TFLOP/s" for k, v in flop_peaks.items())
            + f"; timing with {'TF32' if tf32 else 'FMA float32'} in every implementation")
+    clock = "CUDA events" if backend.name == "cuda" else "wall clock"
     report(f"times in ms (median of {settings['rounds']} interleaved rounds of "
-           f"{settings['repeats']} calls, {'CUDA events' if backend.name == 'cuda' else 'wall clock'}); "
+           f"{settings['repeats']} calls, {clock}); "
            "floor = max(FLOP / peak, bytes / bandwidth); train = forward + backward, "
            "infer = inference forward; x = eager / fused, c = compile / fused")
     header = (f"{'shape':<40} {'GFLOP':>6} {'MB trn':>7} | {'floor':>7} {'fused':>7} "
@@ -670,8 +687,12 @@ def main(argv=None):
     if native is None:
         print("pyae._native is not built (no _native*.so found)", file=sys.stderr)
         return 2
-    if args.dry_run:
-        backend = CpuBackend(native)
+    if args.dry_run and torch is None:
+        backend = NumpyBackend(native)
+    elif args.dry_run:
+        from cuda_stand_in import CpuStandIn  # pylint: disable=import-outside-toplevel
+
+        backend = TorchBackend(CpuStandIn(native), "cpu")
     else:
         if torch is None or not torch.cuda.is_available():
             print("no CUDA device visible to PyTorch (use --dry-run on a CPU machine)",
@@ -680,7 +701,7 @@ def main(argv=None):
         if not hasattr(native, "conv_bn_lrelu_forward_cuda"):
             print("pyae._native was built without the CUDA kernels", file=sys.stderr)
             return 2
-        backend = CudaBackend(native)
+        backend = TorchBackend(native, "cuda")
     out_files = {}
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -20,11 +20,14 @@ PADDINGS = ("same", "valid")
 
 @functools.lru_cache(maxsize=1)
 def _native():
-    """``pyae._native``, or None when this installation has no native module."""
+    """``pyae._native``, or None when this installation has none that answers for the
+    contract (none built, or an in-place build older than these entry points)."""
     try:
-        return importlib.import_module("pyae._native")
+        module = importlib.import_module("pyae._native")
     except ImportError:
         return None
+    has_contract = hasattr(module, "output_length") and hasattr(module, "check_op_params")
+    return module if has_contract else None
 
 
 def normalize_pair(value, name):
