@@ -117,7 +117,8 @@ def at_batch(cases, batch):
 # ---------------------------------------------------------------------------------------------
 # Geometry: this script's own (TensorFlow SAME/VALID, Keras Conv2DTranspose). A reference
 # must not borrow the code it checks, so it is written here again rather than asked of the
-# kernels' contract (ops/kernels/conv_geometry.h); tests/test_contract.py pins both together.
+# kernels' contract (ops/kernels/conv_geometry.h); every check compares the shapes too (a
+# mismatch is an infinite error).
 
 
 def conv_length(length, kernel, stride, padding):
