@@ -177,8 +177,18 @@ def default_batch_size(preset, train_images):
     return batch_size
 
 
+CONFIG_SECTIONS = ("data", "model", "train")
+
+
 def read_config(run_dir):
-    return read_json(Path(run_dir) / CONFIG_FILE)
+    """The run's config.json; RunFolderError naming it if it is damaged or incomplete."""
+    path = Path(run_dir) / CONFIG_FILE
+    config = read_json(path)
+    missing = [section for section in CONFIG_SECTIONS if not isinstance(config.get(section),
+                                                                           dict)]
+    if missing:
+        raise RunFolderError(f"{path}: damaged file (no {', '.join(missing)} section)")
+    return config
 
 
 def check_resumable(run_dir, config):
@@ -306,7 +316,12 @@ def restore_last_epoch(model, run_dir):
     """The last complete epoch checkpoint of ``run_dir`` into ``model``; its folder."""
     from pyae import train as train_lib
 
-    epoch = train_lib.Trainer(model, checkpoint_dir=str(run_dir)).restore()
+    try:
+        epoch = train_lib.Trainer(model, checkpoint_dir=str(run_dir)).restore()
+    except Exception as err:  # TF's checkpoint reader raises several unrelated types
+        last = sorted(Path(run_dir).glob("epoch-*"))[-1]
+        raise RunFolderError(f"{last}: damaged checkpoint ({type(err).__name__}: "
+                             f"{_first_line(err)})") from None
     if not epoch:
         raise RunFolderError(f"{run_dir}: no complete epoch checkpoint")
     return Path(run_dir) / f"epoch-{epoch:06d}"

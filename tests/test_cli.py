@@ -335,11 +335,25 @@ def test_damaged_metrics_are_kept_aside_and_restarted(trained_run, tmp_path, cap
     assert set(metrics_of(run_dir)) == {"reconstruction"}
 
 
-def test_damaged_config_is_named(trained_run, tmp_path, capsys):
+@pytest.mark.parametrize("text", ['{"data": ', '{"data": {}}'], ids=["truncated", "partial"])
+def test_damaged_config_is_named(trained_run, tmp_path, capsys, text):
     run_dir = shutil.copytree(trained_run, tmp_path / "run")
-    (run_dir / "config.json").write_text('{"data": ')
+    (run_dir / "config.json").write_text(text)
     assert_user_error(run_cli(capsys, "sample", "--run", run_dir, "--quiet"),
                       str(run_dir / "config.json"), "damaged")
+
+
+def test_damaged_weights_and_epoch_checkpoint_name_the_checkpoint(trained_run, tmp_path,
+                                                                  capsys):
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    (run_dir / "model.weights.h5").write_bytes(b"")
+    [epoch_dir] = run_dir.glob("epoch-*")
+    for path in epoch_dir.glob("ckpt.data-*"):
+        path.write_bytes(b"")
+    status, _, err = run_cli(capsys, "reconstruct", "--run", run_dir, "--quiet")
+    assert status == 2, err
+    assert "Traceback" not in err
+    assert f"{epoch_dir}: damaged checkpoint" in err.splitlines()[-1]
 
 
 def test_run_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
