@@ -10,7 +10,7 @@ Configs (see ``CONFIGS``), all Adam(5e-4) and the tutorial's per-image MSE:
                    ``apply_gradients`` calls
 * ``pyae-native``  fused layers on the native op, graph-mode ``tf.function`` step
 * ``pyae-xla``     fused layers on the composite ops, ``tf.function(jit_compile=True)``
-* ``pyae-auto``    ``Trainer(step="auto")``: times both and keeps the faster (says which)
+* ``pyae-auto``    ``Autoencoder.compile()``'s choice (``jit_compile="auto"``; says which)
 
 Fashion-MNIST runs at batch 128, Cartoon at batch 32. Speed is timed for every config in
 this one process; memory in a fresh subprocess per config: ``ru_maxrss`` (the whole
@@ -93,14 +93,15 @@ def make_step(model_name, config, sample_batch, seed=0, verbose=0):
                                    keras.optimizers.Adam(LEARNING_RATE))
         return step, model, "tf.function, Keras stack"
     kind = config.split("-", 1)[1]
-    trainer = train.Trainer(model, step=kind, seed=seed)
-    if kind == "auto":
-        trainer._choose_step(sample_batch, verbose)  # pylint: disable=protected-access
-    function = trainer.step_function(trainer.chosen_step)
-    note = trainer.chosen_step if kind == "auto" else trainer.step_reason
+    model.compile(jit_compile=train.jit_compile_for(kind), seed=seed)
+    if model.chosen_step is None:  # measured, not ruled (a GPU)
+        model.chosen_step, model.step_reason, _ = train.measure_step(model, sample_batch)
+    model.make_train_function()
+    function = model.train_function  # Keras' compiled step; takes a list of batches
+    note = model.chosen_step if kind == "auto" else model.step_reason
     if kind == "native" and not ops.native_available():
         note = "native library not loaded: graph step on the composite ops"
-    return (lambda batch: function(batch)["loss"]), model, note
+    return (lambda batch: function([batch])["loss"]), model, note
 
 
 def sample_images(model_name, count, seed=0):
@@ -219,16 +220,17 @@ def quality(model_name, count, epochs, seed=0):
     tutorial_model = build_model(model_name, "tutorial", seed)
     pyae_model = build_model(model_name, "pyae-auto", seed + 1)
     models.copy_weights(tutorial_model, pyae_model)  # one starting point for both
-    trainer = train.Trainer(pyae_model, step="auto", seed=seed)
-    trainer.fit(x_train, epochs, batch_size=batch_size, verbose=0)
+    pyae_model.compile(seed=seed)
     tutorial_step = tutorial_train_step(tutorial_model.encoder, tutorial_model.decoder,
                                         keras.optimizers.Adam(LEARNING_RATE))
-    batches = train._Batches(x_train, batch_size, True, seed)  # pylint: disable=protected-access
-    for epoch in range(1, epochs + 1):
-        for batch in batches.epoch(epoch):  # the very batches the Trainer saw, in order
-            tutorial_step(tf.constant(batch))
+    order = np.random.default_rng(seed)
+    for _ in range(epochs):
+        shuffled = x_train[order.permutation(len(x_train))]
+        pyae_model.fit(shuffled, epochs=1, batch_size=batch_size, shuffle=False, verbose=0)
+        for start in range(0, len(shuffled), batch_size):  # the very batches fit saw
+            tutorial_step(tf.constant(shuffled[start:start + batch_size]))
     pyae_mse, tutorial_mse = test_mse(pyae_model, x_test), test_mse(tutorial_model, x_test)
-    return {"pyae": pyae_mse, "tutorial": tutorial_mse, "step": trainer.chosen_step,
+    return {"pyae": pyae_mse, "tutorial": tutorial_mse, "step": pyae_model.chosen_step,
             "gap": pyae_mse / tutorial_mse - 1.0, "train_images": len(x_train),
             "test_images": len(x_test), "epochs": epochs}
 

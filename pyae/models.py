@@ -13,6 +13,8 @@ import math
 
 import keras
 import numpy as np
+import tensorflow as tf
+from keras.src.losses import loss as loss_module
 
 from pyae import objectives as objectives_lib
 from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
@@ -127,6 +129,12 @@ class Autoencoder(keras.Model):
         self.encoder = encoder
         self.decoder = decoder
         self.objective = objectives_lib.get(objective)
+        # Keras' loss tracker reports "loss"; these report the objective's other terms.
+        self.term_trackers = [keras.metrics.Mean(name=name)
+                              for name in self.objective.term_names if name != "loss"]
+        self.seed = None  # the base of every step's noise seed; set by compile
+        self.chosen_step = self.step_reason = None
+        self._step_reported = False
         # Functional encoder/decoder are built at construction; so is the model made of them
         # (count_params, summary and saving need that without a first call).
         self.built = encoder.built and decoder.built
@@ -138,6 +146,117 @@ class Autoencoder(keras.Model):
     def objective_terms(self, images, training=True, seed=None):
         """The objective's dict of loss terms on ``images`` (``"loss"`` is the total)."""
         return self.objective(self.encoder, self.decoder, images, training=training, seed=seed)
+
+    # -- training with Keras' compile/fit/evaluate
+
+    def compile(self, optimizer=None, *, jit_compile="auto", auto_policy="rule", seed=None,
+                **kwargs):
+        """Keras' ``compile``; the objective is the loss, so ``loss``/``metrics`` are not taken.
+
+        ``optimizer`` defaults to the tutorial's ``Adam(5e-4)``. ``jit_compile="auto"`` picks
+        the faster train step (see :mod:`pyae.train`; ``auto_policy="measure"`` times both
+        in ``fit``). ``seed`` is the base of the objective's noise (drawn from NumPy's global
+        generator, which ``keras.utils.set_random_seed`` seeds, when None): each step's draws
+        are a function of it and the optimizer's iteration, so a resumed run draws what the
+        uninterrupted one would have.
+        """
+        for name in ("loss", "loss_weights", "metrics", "weighted_metrics"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"an Autoencoder's loss and metrics are its objective's terms "
+                    f"({', '.join(self.objective.term_names)}); received: {name}="
+                    f"{kwargs[name]!r}")
+        from pyae import train as train_lib  # pylint: disable=import-outside-toplevel
+
+        jit, self.chosen_step, self.step_reason = train_lib.choose_step(
+            jit_compile, auto_policy, kwargs.get("run_eagerly", False))
+        self.seed = int(np.random.randint(2**31 - 1)) if seed is None else int(seed)
+        self._step_reported = False
+        super().compile(optimizer=optimizer or train_lib.default_optimizer(),
+                        jit_compile=jit, **kwargs)
+
+    def _step_seed(self, training):
+        """The stateless seed of this step and replica: the base seed, the optimizer's
+        iteration (-1 when evaluating, so every evaluation draws alike) and the replica."""
+        counter = self.optimizer.iterations if training else -1
+        seed = tf.stack([tf.constant(self.seed or 0, tf.int32), tf.cast(counter, tf.int32)])
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, replica.replica_id_in_sync_group)
+        return seed
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The objective's total on the images ``x`` (labels ``y`` play no part) plus any
+        layer losses, scaled for the replicas as Keras' own; records the other terms."""
+        images = tf.cast(x, self.compute_dtype)
+        terms = self.objective_terms(images, training=training, seed=self._step_seed(training))
+        images_in_batch = tf.shape(images)[0]
+        for tracker in self.term_trackers:
+            tracker.update_state(terms[tracker.name], sample_weight=images_in_batch)
+        total = loss_module.scale_loss_for_distribution(terms["loss"])
+        for layer_loss in self.losses:
+            total = total + self._aggregate_additional_loss(layer_loss)
+        return total
+
+    def train_step(self, data):
+        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            loss = self._compute_loss(x=images, training=True)
+            self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss),
+                                            sample_weight=tf.shape(images)[0])
+            loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self.get_metrics_result()
+
+    def test_step(self, data):
+        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        loss = self._compute_loss(x=images, training=False)
+        self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss),
+                                        sample_weight=tf.shape(images)[0])
+        return self.get_metrics_result()
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            **kwargs):
+        """Keras' ``fit``, with the tutorial's batch of 128 for arrays, a console-aware
+        ``verbose="auto"`` (one line per epoch when not on a terminal), the train step's
+        choice said once, and an op's refusal of NaN input reported as
+        ``NonFiniteLossError`` when a ``StopOnNonFinite`` callback is given."""
+        from pyae import callbacks as callbacks_lib  # pylint: disable=import-outside-toplevel
+        from pyae import train as train_lib  # pylint: disable=import-outside-toplevel
+
+        self._assert_compile_called("fit")
+        batch_size = _default_batch_size(x, batch_size)
+        verbose = train_lib.console_verbose(verbose)
+        if self.chosen_step is None:
+            self.chosen_step, self.step_reason, _ = train_lib.measure_step(
+                self, _first_batch(x, batch_size))
+        self._report_step(verbose)
+        try:
+            return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                               callbacks=callbacks, **kwargs)
+        except tf.errors.InvalidArgumentError as error:
+            stop = callbacks_lib.non_finite_stop_in(callbacks)
+            if stop is None or not callbacks_lib.is_non_finite_error(error):
+                raise
+            raise stop.error_for(error) from error
+
+    def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
+        return super().evaluate(x, y, batch_size=_default_batch_size(x, batch_size), **kwargs)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        return super().predict(x, batch_size=_default_batch_size(x, batch_size), **kwargs)
+
+    def _report_step(self, verbose):
+        if self._step_reported:
+            return
+        self._step_reported = True
+        message = f"pyae: train step {self.chosen_step!r} ({self.step_reason})"
+        if verbose:
+            from pyae.callbacks import say  # pylint: disable=import-outside-toplevel
+
+            say(message)
 
     def _batched(self, function, array, batch_size):
         array = np.asarray(array, dtype="float32")
@@ -184,6 +303,29 @@ class Autoencoder(keras.Model):
                                                          custom_objects=custom_objects)
         objective = objectives_lib.deserialize(config.pop("objective"))
         return cls(encoder, decoder, objective=objective, **config)
+
+
+def _default_batch_size(data, batch_size):
+    """The tutorial's batch size for arrays when none is given (datasets come batched)."""
+    if batch_size is not None or data is None or isinstance(data, tf.data.Dataset):
+        return batch_size
+    if isinstance(data, (np.ndarray, tf.Tensor)) or (
+            isinstance(data, (tuple, list)) and np.ndim(data[0]) == 4):
+        from pyae.train import DEFAULT_BATCH_SIZE  # pylint: disable=import-outside-toplevel
+
+        return DEFAULT_BATCH_SIZE
+    return batch_size
+
+
+def _first_batch(data, batch_size):
+    """The first batch of images ``fit`` will see, to time the train steps on."""
+    if isinstance(data, tf.data.Dataset):
+        element = next(iter(data.take(1)))
+        images = element[0] if isinstance(element, (tuple, list)) else element
+        return images if images.shape.rank == 4 else images[None]
+    if isinstance(data, (tuple, list)):
+        data = data[0]
+    return np.asarray(data, dtype="float32")[:batch_size or 32]
 
 
 def _autoencoder(preset, *, input_shape=None, latent_dim=None, filters=None, strides=None,

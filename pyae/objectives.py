@@ -33,6 +33,8 @@ class Objective:
     name = "vanilla"
     # How many numbers the encoder emits per latent dimension (the VAE emits mean and log-var).
     code_multiplier = 1
+    # The terms __call__ returns, in the order a model reports them as metrics.
+    term_names = ("loss", "mse")
 
     def code(self, encoder_output):
         """The latent code ``encode`` returns and ``call`` decodes, from the encoder's output."""
@@ -86,6 +88,7 @@ class Sparse(Objective):
     """Reconstruction plus ``sparsity_weight`` times the mean L1 norm of the code."""
 
     name = "sparse"
+    term_names = ("loss", "mse", "l1")
 
     def __init__(self, sparsity_weight=1e-3):
         if not sparsity_weight >= 0:
@@ -117,6 +120,7 @@ class Contractive(Objective):
     """
 
     name = "contractive"
+    term_names = ("loss", "mse", "jacobian_frobenius_sq")
 
     def __init__(self, contractive_weight=1e-2, num_probes=1, step_size=1e-2):
         if not contractive_weight >= 0:
@@ -165,6 +169,7 @@ class Variational(Objective):
 
     name = "variational"
     code_multiplier = 2
+    term_names = ("loss", "reconstruction", "kl", "mse")
 
     def __init__(self, beta=1.0):
         if not beta >= 0:

@@ -317,7 +317,7 @@ def restore_last_epoch(model, run_dir):
     from pyae import train as train_lib
 
     try:
-        epoch = train_lib.Trainer(model, checkpoint_dir=str(run_dir)).restore()
+        epoch = train_lib.restore(model, run_dir)
     except Exception as err:  # TF's checkpoint reader raises several unrelated types
         last = sorted(Path(run_dir).glob("epoch-*"))[-1]
         raise RunFolderError(f"{last}: damaged checkpoint ({type(err).__name__}: "
@@ -351,13 +351,12 @@ def train_run(run_dir, model, dataset, config, verbose=True):
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config)
-    trainer = train_lib.Trainer(model, step=train_config["step"], seed=train_config["seed"],
-                                checkpoint_dir=str(run_dir))
-    trainer.fit(dataset.x_train, epochs=train_config["epochs"],
-                batch_size=train_config["batch_size"], validation_data=dataset.x_test,
-                verbose=1 if verbose else 0)
-    save_weights(trainer.model, run_dir)
-    train_config["chosen_step"] = trainer.chosen_step
-    train_config["step_reason"] = trainer.step_reason
+    train_lib.fit(model, dataset.x_train, epochs=train_config["epochs"],
+                  batch_size=train_config["batch_size"], run_dir=run_dir,
+                  seed=train_config["seed"], step=train_config["step"],
+                  validation_data=dataset.x_test, verbose="auto" if verbose else 0)
+    save_weights(model, run_dir)
+    train_config["chosen_step"] = model.chosen_step
+    train_config["step_reason"] = model.step_reason
     write_json(run_dir / CONFIG_FILE, config)
-    return trainer.model
+    return model
