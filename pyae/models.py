@@ -208,14 +208,27 @@ class Autoencoder(keras.Model):
             loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self.get_metrics_result()
+        return self._step_logs()
 
     def test_step(self, data):
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         loss = self._compute_loss(x=images, training=False)
         self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss),
                                         sample_weight=tf.shape(images)[0])
-        return self.get_metrics_result()
+        return self._step_logs()
+
+    def _step_logs(self):
+        """The metrics' results, as Keras' steps return them, fit for every strategy.
+
+        Under a multi-worker strategy Keras 3 reduces a step's outputs with ``MEAN`` over
+        axis 0, which a scalar lacks (keras-team/keras#20585): each result goes out as a
+        vector of one, which that reduction turns back into the scalar. Remove this the day
+        Keras reduces scalars there.
+        """
+        logs = self.get_metrics_result()
+        if _is_multi_worker(self.distribute_strategy):
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             **kwargs):
@@ -303,6 +316,12 @@ class Autoencoder(keras.Model):
                                                          custom_objects=custom_objects)
         objective = objectives_lib.deserialize(config.pop("objective"))
         return cls(encoder, decoder, objective=objective, **config)
+
+
+def _is_multi_worker(strategy):
+    extended = strategy.extended
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        extended._in_multi_worker_mode()  # pylint: disable=protected-access
 
 
 def _default_batch_size(data, batch_size):

@@ -187,7 +187,8 @@ def fit(model, data, epochs, batch_size=DEFAULT_BATCH_SIZE, run_dir=None, *, see
     if isinstance(data, (tuple, list)) and len(data) == 2 and np.ndim(data[0]) == 4:
         data = data[0]  # (images, labels): the labels play no part
     if isinstance(data, tf.data.Dataset):
-        batch_size = None
+        batch_size = None  # a dataset comes batched, and shuffled if it is to be
+        fit_options.setdefault("shuffle", False)
     return model.fit(data, epochs=epochs, batch_size=batch_size,
                      validation_data=validation_data, callbacks=run + list(callbacks),
                      verbose=verbose, **fit_options)
