@@ -67,6 +67,14 @@ for dir in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do
   if [[ -d $dir ]]; then PATH="$PATH:$dir"; fi
 done
 export PATH
+# The tools this run relies on, as found (a missing one fails its step, not the run).
+{
+  echo "tools: python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')," \
+    "torch $("$PYTHON" -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>/dev/null || echo none)," \
+    "$(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'no nvcc')," \
+    "compute-sanitizer $(compute-sanitizer --version 2>/dev/null | grep -o 'Version [0-9.]*' || echo none)," \
+    "$(cmake --version | head -n 1)"
+} | tee -a "$SUMMARY"
 if command -v ninja >/dev/null 2>&1 && [[ ! -f $BUILD_DIR/CMakeCache.txt ]]; then
   export CMAKE_GENERATOR=Ninja
 fi
