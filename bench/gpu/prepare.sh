@@ -7,7 +7,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PYTHON="${PYTHON:-python3}"
-version="$("$PYTHON" -c "import importlib.metadata as m; print(m.version('scipy-openblas32'))")"
+version="$("$PYTHON" -c "import importlib.metadata as m; print(m.version('scipy-openblas32'))")" || {
+  echo "prepare.sh: $PYTHON has no scipy-openblas32; activate the project's environment" >&2
+  exit 2
+}
 mkdir -p .whl
 "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
