@@ -1,6 +1,10 @@
 """Time every benchmark config at the tutorial's block shapes, in one process; print ratio tables.
 
-    python bench/report.py [--quick] [--out FILE]
+    python bench/report.py [--quick] [--out FILE] [--isa avx512|avx2|generic] [--configs ...]
+
+``--isa`` runs the native op on that CPU kernel path (default: the best this CPU has, or
+``PYAE_ISA``). Compare the AVX2 path with stock layers held to AVX2 as well, as an AVX2 CPU
+runs both: ``ONEDNN_MAX_CPU_ISA=AVX2 python bench/report.py --isa avx2``.
 
 Configs (what runs, per block and mode; see ``CONFIG_MODES``):
 
@@ -440,7 +444,7 @@ def _failed(err):
 def run_mode(block, mode, options):
     """Results for every config that has ``mode``, the configs timed interleaved."""
     results, steps = {}, {}
-    for config in CONFIGS:
+    for config in options.configs:
         if mode not in CONFIG_MODES[config]:
             continue
         try:
@@ -625,7 +629,17 @@ def _build_summary():
         + (f" ({native_module['reason']})" if native_module.get("reason") else ""),
         f"- CUDA built: {cuda.get('built')}; build type: {info.get('build_type')}; "
         f"compile flags: {info.get('compile_flags')}",
+        isa_line(info),
     ]
+
+
+def isa_line(info):
+    """The CPU kernel path the native op runs on, and what the stock layers' oneDNN may use."""
+    isa = info.get("isa") or {}
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset (the best this CPU has)")
+    return (f"- CPU kernel path: {isa.get('active')} ({isa.get('reason')}); built "
+            f"{isa.get('built')}, this CPU runs {isa.get('supported')}; "
+            f"ONEDNN_MAX_CPU_ISA={onednn}")
 
 
 def _cpu_model():
@@ -726,10 +740,17 @@ def parse_args(argv=None):
     parser.add_argument("--peak-gbps", type=float, help="use this bandwidth instead of measuring it")
     parser.add_argument("--no-rss", dest="rss", action="store_false",
                         help="skip the per-config fresh-process RSS measurement")
+    parser.add_argument("--isa", choices=("avx512", "avx2", "generic", "auto"),
+                        help="the native op's CPU kernel path (default: PYAE_ISA or the best)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+                        help="only these configs (default: all)")
     parser.add_argument("--rss-child", nargs=3, metavar=("BLOCK", "CONFIG", "MODE"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--rss-iterations", type=int, default=3, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    if options.isa:
+        # Before pyae loads, so the RSS subprocesses (which inherit the environment) use it too.
+        os.environ["PYAE_ISA"] = options.isa
     options.repeats = options.repeats or (5 if options.quick else 20)
     options.warmup = options.warmup or (2 if options.quick else 3)
     options.peaks_given = options.peak_gflops is not None and options.peak_gbps is not None

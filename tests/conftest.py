@@ -53,3 +53,54 @@ def impl(request):
     if request.param == "native" and not native_available():
         pytest.skip(f"native op library not available: {native_unavailable_reason()}")
     return request.param
+
+
+def machine_isas():
+    """The CPU kernel paths this build has and this CPU runs, best first ([] without the
+    native op)."""
+    import pyae.ops  # pylint: disable=import-outside-toplevel
+
+    info = pyae.ops.isa_info() if native_available() else None
+    return [] if info is None else [name for name in info["built"] if name in info["supported"]]
+
+
+def _set_isa_everywhere(name):
+    """The TF op and the pybind11 module (each has its own copy of the kernels) on `name`."""
+    import pyae.ops  # pylint: disable=import-outside-toplevel
+    from pyae import _native  # pylint: disable=import-outside-toplevel
+
+    pyae.ops.set_isa(name)
+    _native.set_isa(name)
+
+
+def _use_isa(name):
+    """Runs the native kernels on path `name` (skips where the machine lacks it)."""
+    if not native_available():
+        pytest.skip(f"native op library not available: {native_unavailable_reason()}")
+    if name not in machine_isas():
+        pytest.skip(f"this build or CPU has no {name} path (it has {machine_isas()})")
+    _set_isa_everywhere(name)
+
+
+def _restore_isa():
+    _set_isa_everywhere(os.environ.get("PYAE_ISA", "auto"))
+
+
+@pytest.fixture(params=["avx512", "avx2", "generic"])
+def isa(request):
+    """Runs a native-op test on every CPU kernel path the machine has."""
+    _use_isa(request.param)
+    yield request.param
+    _restore_isa()
+
+
+@pytest.fixture(params=["native-avx512", "native-avx2", "native-generic", "tf"])
+def impl_on_every_path(request):
+    """Like `impl`, with the native op on every CPU kernel path the machine has."""
+    impl, _, path = request.param.partition("-")
+    if impl == "tf":
+        yield impl
+        return
+    _use_isa(path)
+    yield impl
+    _restore_isa()

@@ -43,7 +43,7 @@ def needs_native():
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("case", ALL_SHAPES, ids=shape_id)
-def test_native_forward_matches_float64_reference(rng, case, training):
+def test_native_forward_matches_float64_reference(rng, isa, case, training):
     native = needs_native()
     inputs = make_inputs(rng, case)
     attrs = op_attrs(case, training)
@@ -56,7 +56,7 @@ def test_native_forward_matches_float64_reference(rng, case, training):
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("case", FASHION_BLOCKS + AWKWARD, ids=shape_id)
-def test_native_backward_matches_float64_reference(rng, case, training):
+def test_native_backward_matches_float64_reference(rng, isa, case, training):
     native = needs_native()
     inputs = make_inputs(rng, case)
     attrs = op_attrs(case, training)
@@ -76,7 +76,7 @@ def test_native_backward_matches_float64_reference(rng, case, training):
     ids=["gamma-near-zero", "beta-dominates-gamma", "relu-not-invertible"],
 )
 def test_backward_recomputes_z_where_inverting_y_is_inexact(
-        rng, gamma_scale, beta_scale, negative_slope):
+        rng, isa, gamma_scale, beta_scale, negative_slope):
     native = needs_native()
     case = (2, 9, 9, 3, 4, 3, 2, "same", False)
     inputs = make_inputs(rng, case, gamma_scale=gamma_scale, beta_scale=beta_scale)
@@ -145,10 +145,10 @@ def run_fused_op(case, inputs, training, impl, momentum=0.99):
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("case", FASHION_BLOCKS + AWKWARD, ids=shape_id)
-def test_fused_matches_keras_stack(rng, impl, case, training):
+def test_fused_matches_keras_stack(rng, impl_on_every_path, case, training):
     inputs = make_inputs(rng, case)
     y_ref, grads_ref, moving_ref = run_keras_stack(case, inputs, training)
-    y, grads, moving = run_fused_op(case, inputs, training, impl)
+    y, grads, moving = run_fused_op(case, inputs, training, impl_on_every_path)
     assert_close(y, y_ref, rtol=1e-5, name="y")
     for name, grad, grad_ref in zip(("dx", "dkernel", "dgamma", "dbeta"), grads, grads_ref):
         assert_close(grad, grad_ref, rtol=1e-4, name=name)
@@ -157,10 +157,10 @@ def test_fused_matches_keras_stack(rng, impl, case, training):
 
 
 @pytest.mark.parametrize("case", CARTOON_BLOCKS[:1] + CARTOON_BLOCKS[-1:], ids=shape_id)
-def test_fused_matches_keras_stack_at_cartoon_shapes(rng, impl, case):
+def test_fused_matches_keras_stack_at_cartoon_shapes(rng, impl_on_every_path, case):
     inputs = make_inputs(rng, case)
     y_ref, grads_ref, _ = run_keras_stack(case, inputs, True)
-    y, grads, _ = run_fused_op(case, inputs, True, impl)
+    y, grads, _ = run_fused_op(case, inputs, True, impl_on_every_path)
     assert_close(y, y_ref, rtol=1e-5, name="y")
     for name, grad, grad_ref in zip(("dx", "dkernel", "dgamma", "dbeta"), grads, grads_ref):
         assert_close(grad, grad_ref, rtol=1e-4, name=name)
@@ -476,6 +476,58 @@ def test_build_info_says_what_was_built():
         assert info["tf_ops"]["built_for_tf"].split(".")[:2] == tf.__version__.split(".")[:2]
         assert info["native_module"]["available"]
         assert "cuda" in info and "built" in info["cuda"]
+
+
+def test_build_info_reports_the_cpu_paths():
+    needs_native()
+    isa = pyae.ops.build_info()["isa"]
+    assert "generic" in isa["built"] and "generic" in isa["supported"]
+    assert isa["active"] in isa["built"] and isa["active"] in isa["supported"]
+    assert isa["error"] == ""
+    if os.environ.get("PYAE_ISA", "auto") == "auto":
+        best = [name for name in isa["built"] if name in isa["supported"]][0]
+        assert isa["active"] == best
+        assert "best path this CPU runs" in isa["reason"]
+
+
+def test_set_isa_switches_the_path_and_rejects_unknown_names():
+    needs_native()
+    previous = pyae.ops.isa_info()["active"]
+    try:
+        pyae.ops.set_isa("generic")
+        assert pyae.ops.isa_info()["active"] == "generic"
+        assert "forced" in pyae.ops.isa_info()["reason"]
+    finally:
+        pyae.ops.set_isa(os.environ.get("PYAE_ISA", "auto"))
+    assert pyae.ops.isa_info()["active"] == previous
+    with pytest.raises(ValueError, match="Received: isa='sse9'"):
+        pyae.ops.set_isa("sse9")
+    with pytest.raises(ValueError, match="Received: isa=3"):
+        pyae.ops.set_isa(3)
+
+
+def test_environment_variable_naming_a_bad_path_is_a_clear_error(tmp_path):
+    needs_native()
+    result = run_python("""
+        import numpy as np
+        import pyae.ops
+        print(pyae.ops.build_info()["isa"]["error"])
+        x = np.ones((1, 4, 4, 1), np.float32)
+        k = np.ones((3, 3, 1, 2), np.float32)
+        c = np.ones(2, np.float32)
+        for impl in ("native", "auto"):
+            try:
+                pyae.ops.fused_conv_bn_leaky_relu(x, k, c, c, c, c, impl=impl)
+            except ValueError as err:
+                print(impl, err)
+        print(pyae.ops.fused_conv_bn_leaky_relu(x, k, c, c, c, c, impl="tf").y.shape)
+    """, tmp_path, PYAE_ISA="avx9000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().split("\n")
+    assert "PYAE_ISA='avx9000' is not a path" in lines[0]
+    assert lines[1].startswith("native ") and "avx9000" in lines[1]
+    assert lines[2].startswith("auto ") and "avx9000" in lines[2]
+    assert lines[3] == "(1, 4, 4, 2)"
 
 
 @pytest.mark.skipif(os.environ.get("PYAE_REQUIRE_NATIVE", "") in ("", "0"),

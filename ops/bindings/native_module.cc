@@ -12,6 +12,7 @@
 
 #include "conv_geometry.h"
 #include "fused_conv_bn_lrelu.h"
+#include "isa.h"
 #include "parallel.h"
 #ifdef PYAE_WITH_CUDA
 #include "gpu_bindings.h"
@@ -167,7 +168,14 @@ py::dict BuildInfo() {
 #endif
   info["compiler"] = PYAE_COMPILER;
   info["compile_flags"] = PYAE_COMPILE_FLAGS;
+  info["isa"] = pyae::IsaName(pyae::ActiveIsa().isa);
   return info;
+}
+
+// This module's own kernel path (it links its own copy of the kernels, apart from the TF op's).
+void SetIsa(const std::string& name) {
+  const std::string err = pyae::SelectIsa(name);
+  if (!err.empty()) throw py::value_error(err + ". Received: isa='" + name + "'");
 }
 
 }  // namespace
@@ -192,6 +200,8 @@ PYBIND11_MODULE(_native, m) {
   m.def("check_op_params", &CheckOpParams, py::arg("epsilon"), py::arg("negative_slope"),
         "'' when the kernels accept epsilon and negative_slope, else the reason.");
   m.def("build_info", &BuildInfo);
+  m.def("set_isa", &SetIsa, py::arg("isa"),
+        "Runs the kernels on path 'avx512', 'avx2', 'generic' or 'auto' (the best here).");
 #ifdef PYAE_WITH_CUDA
   register_gpu_bindings(m);
 #endif

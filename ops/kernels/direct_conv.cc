@@ -8,11 +8,15 @@
 
 #include "scratch.h"
 
-#if defined(__AVX512F__)
+#if defined(PYAE_ISA_AVX512) || defined(PYAE_ISA_AVX2)
 #include <immintrin.h>
+#define PYAE_DIRECT_KERNELS 1
 #endif
 
+#include "isa_target.h"  // after every other include
+
 namespace pyae {
+namespace PYAE_ISA_NS {
 
 PackedFilter::PackedFilter(const float* matrix, int64_t rows, int64_t cols)
     : rows_(rows), cols_(cols) {
@@ -56,11 +60,97 @@ int64_t PackedFilter::block_width(int64_t b) const {
   return std::min(kBlockCols, cols_ - block_col(b));
 }
 
-#if defined(__AVX512F__)
+#if defined(PYAE_DIRECT_KERNELS)
 
 bool DirectConvAvailable() { return true; }
 
 namespace {
+
+// The vector type the tiles compute with: one register's floats, the masked loads and stores
+// of a partial vector, and the few operations the kernels need.
+#if defined(PYAE_ISA_AVX512)
+// 32 zmm registers of 16 floats: a tile covers a whole column block (up to 4 vectors), with
+// its filter row in registers.
+struct Simd {
+  using Vec = __m512;
+  using Mask = __mmask16;
+  static constexpr int kLanes = 16;
+  static constexpr int kTileVectors = 4;
+  static Mask FirstLanes(int64_t lanes) {
+    return lanes >= kLanes ? static_cast<Mask>(0xFFFF) : static_cast<Mask>((1u << lanes) - 1);
+  }
+  static Vec Zero() { return _mm512_setzero_ps(); }
+  static Vec Broadcast(float value) { return _mm512_set1_ps(value); }
+  static Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  // A masked access costs what a plain one does: `full` is not needed.
+  static Vec LoadPart(Mask mask, bool, const float* p) { return _mm512_maskz_loadu_ps(mask, p); }
+  static void StorePart(float* p, Mask mask, bool, Vec v) { _mm512_mask_storeu_ps(p, mask, v); }
+  static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  static Vec Sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+  static Vec LeakyRelu(Vec u, Vec slope) {
+    const Mask negative = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LE_OQ);
+    return _mm512_mask_mul_ps(u, negative, u, slope);
+  }
+};
+#else
+// 16 ymm registers of 8 floats: a tile covers 16 columns (2 vectors) of a block, 6 pixels x 2
+// accumulators plus the filter row and a broadcast (as AVX2 GEMM micro-kernels do); a
+// 64-column block is four such column tiles.
+struct Simd {
+  using Vec = __m256;
+  using Mask = __m256i;  // AVX2's masked moves take a vector of lane masks
+  static constexpr int kLanes = 8;
+  static constexpr int kTileVectors = 2;
+  static Mask FirstLanes(int64_t lanes) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(lanes, 8))),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static Vec Zero() { return _mm256_setzero_ps(); }
+  static Vec Broadcast(float value) { return _mm256_set1_ps(value); }
+  static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
+  static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  // vmaskmovps is slow on some CPUs (AMD Zen 2/3 stores): used for partial vectors only.
+  static Vec LoadPart(Mask mask, bool full, const float* p) {
+    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
+  }
+  static void StorePart(float* p, Mask mask, bool full, Vec v) {
+    if (full) {
+      _mm256_storeu_ps(p, v);
+    } else {
+      _mm256_maskstore_ps(p, mask, v);
+    }
+  }
+  static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  static Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+  static Vec LeakyRelu(Vec u, Vec slope) {
+    const Vec negative = _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_LE_OQ);
+    return _mm256_blendv_ps(u, _mm256_mul_ps(u, slope), negative);
+  }
+};
+#endif
+
+using Vec = Simd::Vec;
+using Mask = Simd::Mask;
+
+// Columns one register tile covers.
+constexpr int64_t kTileCols = Simd::kLanes * Simd::kTileVectors;
+
+// The last vector of a run of `cols` columns (1 to kTileCols): its lane mask, and whether it
+// is full.
+struct LastVector {
+  Mask mask;
+  bool full;
+};
+
+int64_t VectorsFor(int64_t cols) { return (cols + Simd::kLanes - 1) / Simd::kLanes; }
+
+LastVector LastVectorOf(int64_t cols) {
+  const int64_t lanes = cols - (VectorsFor(cols) - 1) * Simd::kLanes;
+  return {Simd::FirstLanes(lanes), lanes == Simd::kLanes};
+}
 
 // Small-image pixels per chunk: their rows and the patches they read (or the filter
 // gradient's padded copy) stay in L2.
@@ -68,11 +158,6 @@ constexpr int64_t kChunkPixels = 512;
 // The filter gradient's pass: its small rows (up to 64 channels) stay in L1 while every
 // filter tile reads them.
 constexpr int64_t kGradPassPixels = 128;
-
-__mmask16 TailMask(int64_t width) {
-  const int64_t tail = width % 16;
-  return tail == 0 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << tail) - 1);
-}
 
 // NHWC images copied into a zero-bordered buffer, so that every tap of every tile reads
 // memory without a bounds check. Either whole images or a band of one image's rows: a big
@@ -278,77 +363,96 @@ struct PatchSlice {
 };
 
 // The epilogue's per-channel vectors for one column block, and its running NaN probe.
+// Plain floats, no vector members: these live in a std::vector, whose storage need not have
+// a vector register's alignment.
 struct BlockEpilogue {
   const float* scale;
   const float* shift;
-  __m512 slope;
-  __m512 probe;
+  float slope;
+  float probe[Simd::kLanes];
 };
 
-// out[at[r]][0, 16 * kVectors) (+)= sum over the slices of patch values x filter rows, for
-// kRows pixels whose patches start at `origin`.
+// Where a tile's columns lie: filter rows `filter_stride` apart (the column block's padded
+// width), and the tile's first column within the block.
+struct TileColumns {
+  int64_t filter_stride;
+  int64_t col;
+  LastVector last;
+};
+
+// out[at[r]][0, kLanes * kVectors) (+)= sum over the slices of patch values x filter rows, for
+// kRows pixels whose patches start at `origin`. `filter` and `out` point at the tile's first
+// column; the epilogue's scale and shift are the block's.
 template <int kRows, int kVectors>
 void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slices,
               int64_t num_slices, const float* filter, bool accumulate, float* out,
-              const int64_t* at, __mmask16 last_mask, BlockEpilogue* epilogue) {
-  constexpr int64_t kStride = 16 * kVectors;
-  __m512 acc[kRows][kVectors];
+              const int64_t* at, const TileColumns& columns, BlockEpilogue* epilogue) {
+  constexpr int kLanes = Simd::kLanes;
+  const int64_t stride = columns.filter_stride;
+  const Mask last_mask = columns.last.mask;
+  const bool last_full = columns.last.full;
+  Vec acc[kRows][kVectors];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
     const float* row = out + at[r];
 #pragma GCC unroll 4
     for (int j = 0; j + 1 < kVectors; ++j) {
-      acc[r][j] = accumulate ? _mm512_loadu_ps(row + 16 * j) : _mm512_setzero_ps();
+      acc[r][j] = accumulate ? Simd::Load(row + kLanes * j) : Simd::Zero();
     }
     acc[r][kVectors - 1] = accumulate
-                               ? _mm512_maskz_loadu_ps(last_mask, row + 16 * (kVectors - 1))
-                               : _mm512_setzero_ps();
+                               ? Simd::LoadPart(last_mask, last_full, row + kLanes * (kVectors - 1))
+                               : Simd::Zero();
   }
   for (int64_t i = 0; i < num_slices; ++i) {
     const float* a[kRows];
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) a[r] = padded + (origin[r] + slices[i].offset);
-    const float* w = filter + slices[i].filter_row * kStride;
-    for (int64_t k = 0; k < slices[i].length; ++k, w += kStride) {
-      __m512 wv[kVectors];
+    const float* w = filter + slices[i].filter_row * stride;
+    for (int64_t k = 0; k < slices[i].length; ++k, w += stride) {
+      Vec wv[kVectors];
 #pragma GCC unroll 4
-      for (int j = 0; j < kVectors; ++j) wv[j] = _mm512_loadu_ps(w + 16 * j);
+      for (int j = 0; j < kVectors; ++j) wv[j] = Simd::Load(w + kLanes * j);
 #pragma GCC unroll 8
       for (int r = 0; r < kRows; ++r) {
-        const __m512 b = _mm512_set1_ps(a[r][k]);
+        const Vec b = Simd::Broadcast(a[r][k]);
 #pragma GCC unroll 4
-        for (int j = 0; j < kVectors; ++j) acc[r][j] = _mm512_fmadd_ps(b, wv[j], acc[r][j]);
+        for (int j = 0; j < kVectors; ++j) acc[r][j] = Simd::Fmadd(b, wv[j], acc[r][j]);
       }
     }
   }
   if (epilogue != nullptr) {
-    __m512 scale[kVectors], shift[kVectors];
+    Vec scale[kVectors], shift[kVectors];
+    const float* block_scale = epilogue->scale + columns.col;
+    const float* block_shift = epilogue->shift + columns.col;
 #pragma GCC unroll 4
-    for (int j = 0; j < kVectors; ++j) {
-      const __mmask16 mask = j + 1 < kVectors ? static_cast<__mmask16>(0xFFFF) : last_mask;
-      scale[j] = _mm512_maskz_loadu_ps(mask, epilogue->scale + 16 * j);
-      shift[j] = _mm512_maskz_loadu_ps(mask, epilogue->shift + 16 * j);
+    for (int j = 0; j + 1 < kVectors; ++j) {
+      scale[j] = Simd::Load(block_scale + kLanes * j);
+      shift[j] = Simd::Load(block_shift + kLanes * j);
     }
-    __m512 probe = epilogue->probe;
+    scale[kVectors - 1] =
+        Simd::LoadPart(last_mask, last_full, block_scale + kLanes * (kVectors - 1));
+    shift[kVectors - 1] =
+        Simd::LoadPart(last_mask, last_full, block_shift + kLanes * (kVectors - 1));
+    const Vec slope = Simd::Broadcast(epilogue->slope);
+    Vec probe = Simd::Load(epilogue->probe);
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 4
       for (int j = 0; j < kVectors; ++j) {
-        const __m512 u = _mm512_fmadd_ps(acc[r][j], scale[j], shift[j]);
-        probe = _mm512_add_ps(probe, _mm512_sub_ps(u, u));  // 0 for finite u, NaN otherwise
-        const __mmask16 negative = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LE_OQ);
-        acc[r][j] = _mm512_mask_mul_ps(u, negative, u, epilogue->slope);
+        const Vec u = Simd::Fmadd(acc[r][j], scale[j], shift[j]);
+        probe = Simd::Add(probe, Simd::Sub(u, u));  // 0 for finite u, NaN otherwise
+        acc[r][j] = Simd::LeakyRelu(u, slope);
       }
     }
-    epilogue->probe = probe;
+    Simd::Store(epilogue->probe, probe);
   }
   // Fully unrolled, so the accumulators never need an address and stay in registers.
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
     float* row = out + at[r];
 #pragma GCC unroll 4
-    for (int j = 0; j + 1 < kVectors; ++j) _mm512_storeu_ps(row + 16 * j, acc[r][j]);
-    _mm512_mask_storeu_ps(row + 16 * (kVectors - 1), last_mask, acc[r][kVectors - 1]);
+    for (int j = 0; j + 1 < kVectors; ++j) Simd::Store(row + kLanes * j, acc[r][j]);
+    Simd::StorePart(row + kLanes * (kVectors - 1), last_mask, last_full, acc[r][kVectors - 1]);
   }
 }
 
@@ -397,28 +501,36 @@ SliceGroups PatchSlices(const ConvGeometry& g, const ValidTaps& taps, int64_t ro
 template <int kRows, int kVectors>
 void ConvTileRows(int64_t rows, const float* padded, const int64_t* origin,
                   const PatchSlice* slices, int64_t num_slices, const float* filter,
-                  bool accumulate, float* out, const int64_t* at, __mmask16 last_mask,
+                  bool accumulate, float* out, const int64_t* at, const TileColumns& columns,
                   BlockEpilogue* epilogue) {
   if constexpr (kRows > 1) {
     if (rows < kRows) {
       ConvTileRows<kRows - 1, kVectors>(rows, padded, origin, slices, num_slices, filter,
-                                        accumulate, out, at, last_mask, epilogue);
+                                        accumulate, out, at, columns, epilogue);
       return;
     }
   }
   ConvTile<kRows, kVectors>(padded, origin, slices, num_slices, filter, accumulate, out, at,
-                            last_mask, epilogue);
+                            columns, epilogue);
 }
 
+// A run of `count` column tiles of one shape, kTileCols apart from column `first` of a block
+// (all of a block's full tiles, or its one partial tile).
+struct ColumnTiles {
+  int64_t first, count;
+  LastVector last;
+};
+
 // Tiles of kRows pixels from a list (patch origins from `padded`, output rows at `at` from
-// `out`) against one column block of the filter, group after group of slices.
+// `out`) against column tiles of one block of the filter (rows `filter_stride` apart), group
+// after group of slices; each pixel tile runs every column tile while its patches are in L1.
 // With `row_stride` > 0 the output rows are consecutive, at[m] + r * row_stride: the tile's
 // offsets stay fixed and only its base moves (small patches feel the difference).
 template <int kRows, int kVectors>
 void ListTiles(const float* padded, const std::vector<int64_t>& origins,
                const std::vector<int64_t>& at, int64_t row_stride, const SliceGroups& groups,
-               const float* filter, float* out, __mmask16 last_mask, BlockEpilogue* epilogue,
-               Prefetcher* prefetch) {
+               const float* filter, int64_t filter_stride, float* out, const ColumnTiles& tiles,
+               BlockEpilogue* epilogue, Prefetcher* prefetch) {
   int64_t tile_origin[kRows], tile_at[kRows];
   for (int r = 0; r < kRows; ++r) tile_at[r] = r * row_stride;
   const int64_t pixels = origins.size();
@@ -430,10 +542,14 @@ void ListTiles(const float* padded, const std::vector<int64_t>& origins,
         tile_origin[r] = origins[m + std::min<int64_t>(r, valid - 1)];
         if (row_stride == 0) tile_at[r] = at[m + std::min<int64_t>(r, valid - 1)];
       }
-      ConvTileRows<kRows, kVectors>(valid, padded, tile_origin, groups[i].data(),
-                                    groups[i].size(), filter, i > 0,
-                                    row_stride == 0 ? out : out + at[m], tile_at, last_mask,
-                                    i + 1 == groups.size() ? epilogue : nullptr);
+      float* tile_out = row_stride == 0 ? out : out + at[m];
+      for (int64_t t = 0; t < tiles.count; ++t) {
+        const int64_t col = tiles.first + t * kTileCols;
+        ConvTileRows<kRows, kVectors>(valid, padded, tile_origin, groups[i].data(),
+                                      groups[i].size(), filter + col, i > 0, tile_out + col,
+                                      tile_at, TileColumns{filter_stride, col, tiles.last},
+                                      i + 1 == groups.size() ? epilogue : nullptr);
+      }
       if (prefetch != nullptr) prefetch->Step();
     }
   }
@@ -553,8 +669,8 @@ const SortedChunk& SortChunk(const ConvGeometry& g, const PatchLayout& layout,
   return sorted;
 }
 
-// The register tile for a column block of `vectors` x 16 channels: 6-8 pixels, so 8-24
-// accumulators plus few enough patch pointers to stay in registers. Calls
+// The register tile for `vectors` x kLanes columns: 6-8 pixels, so 8-24 accumulators (AVX2:
+// 8-12 of its 16 registers) plus few enough patch pointers to stay in registers. Calls
 // visit(TileShape<rows, vectors>{}).
 template <int kRowsValue, int kVectorsValue>
 struct TileShape {
@@ -564,11 +680,34 @@ struct TileShape {
 
 template <typename Visit>
 void WithTileShape(int64_t vectors, Visit visit) {
+#if defined(PYAE_ISA_AVX512)
   switch (vectors) {
     case 1: return visit(TileShape<8, 1>{});
     case 2: return visit(TileShape<8, 2>{});
     case 3: return visit(TileShape<8, 3>{});
     default: return visit(TileShape<6, 4>{});
+  }
+#else
+  if (vectors == 1) return visit(TileShape<8, 1>{});
+  return visit(TileShape<6, 2>{});
+#endif
+}
+
+// Calls visit(ColumnTiles, TileShape) for the column tiles of a block `width` columns wide:
+// once for its full tiles, once for the partial one at its end.
+template <typename Visit>
+void ForEachColumnTiles(int64_t width, Visit visit) {
+  const int64_t full = width / kTileCols;
+  if (full > 0) {
+    WithTileShape(Simd::kTileVectors, [&](auto tile) {
+      visit(ColumnTiles{0, full, LastVectorOf(kTileCols)}, tile);
+    });
+  }
+  const int64_t rest = width - full * kTileCols;
+  if (rest > 0) {
+    WithTileShape(VectorsFor(rest), [&](auto tile) {
+      visit(ColumnTiles{full * kTileCols, 1, LastVectorOf(rest)}, tile);
+    });
   }
 }
 
@@ -632,7 +771,7 @@ std::vector<BlockEpilogue> BlockEpilogues(const PackedFilter& filter,
   if (epilogue == nullptr) return blocks;
   for (int64_t b = 0; b < filter.num_blocks(); ++b) {
     blocks.push_back({epilogue->scale + filter.block_col(b), epilogue->shift + filter.block_col(b),
-                      _mm512_set1_ps(epilogue->negative_slope), _mm512_setzero_ps()});
+                      epilogue->negative_slope, {}});
   }
   return blocks;
 }
@@ -643,9 +782,7 @@ BlockEpilogue* BlockEpilogueAt(std::vector<BlockEpilogue>& blocks, int64_t b) {
 
 void FinishEpilogues(const std::vector<BlockEpilogue>& blocks, TileEpilogue* epilogue) {
   for (const BlockEpilogue& block : blocks) {
-    float lanes[16];
-    _mm512_storeu_ps(lanes, block.probe);
-    for (float lane : lanes) epilogue->probe += lane;
+    for (float lane : block.probe) epilogue->probe += lane;
   }
 }
 
@@ -654,25 +791,26 @@ void FinishEpilogues(const std::vector<BlockEpilogue>& blocks, TileEpilogue* epi
 template <int kRows, int kVectors>
 void FilterGradTile(const float* padded, const int64_t* origin, int64_t count, int64_t offset,
                     const float* small, int64_t small_stride, float* dfilter,
-                    int64_t dfilter_stride, __mmask16 last_mask) {
-  __m512 acc[kRows][kVectors];
+                    int64_t dfilter_stride, LastVector last) {
+  constexpr int kLanes = Simd::kLanes;
+  Vec acc[kRows][kVectors];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 4
-    for (int j = 0; j < kVectors; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (int j = 0; j < kVectors; ++j) acc[r][j] = Simd::Zero();
   }
   for (int64_t q = 0; q < count; ++q) {
     const float* a = padded + origin[q] + offset;
     const float* s = small + q * small_stride;
-    __m512 sv[kVectors];
+    Vec sv[kVectors];
 #pragma GCC unroll 4
-    for (int j = 0; j + 1 < kVectors; ++j) sv[j] = _mm512_loadu_ps(s + 16 * j);
-    sv[kVectors - 1] = _mm512_maskz_loadu_ps(last_mask, s + 16 * (kVectors - 1));
+    for (int j = 0; j + 1 < kVectors; ++j) sv[j] = Simd::Load(s + kLanes * j);
+    sv[kVectors - 1] = Simd::LoadPart(last.mask, last.full, s + kLanes * (kVectors - 1));
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
-      const __m512 b = _mm512_set1_ps(a[r]);
+      const Vec b = Simd::Broadcast(a[r]);
 #pragma GCC unroll 4
-      for (int j = 0; j < kVectors; ++j) acc[r][j] = _mm512_fmadd_ps(b, sv[j], acc[r][j]);
+      for (int j = 0; j < kVectors; ++j) acc[r][j] = Simd::Fmadd(b, sv[j], acc[r][j]);
     }
   }
 #pragma GCC unroll 8
@@ -680,17 +818,16 @@ void FilterGradTile(const float* padded, const int64_t* origin, int64_t count, i
     float* row = dfilter + r * dfilter_stride;
 #pragma GCC unroll 4
     for (int j = 0; j + 1 < kVectors; ++j) {
-      _mm512_storeu_ps(row + 16 * j, _mm512_add_ps(_mm512_loadu_ps(row + 16 * j), acc[r][j]));
+      Simd::Store(row + kLanes * j, Simd::Add(Simd::Load(row + kLanes * j), acc[r][j]));
     }
-    float* last = row + 16 * (kVectors - 1);
-    _mm512_mask_storeu_ps(
-        last, last_mask,
-        _mm512_add_ps(_mm512_maskz_loadu_ps(last_mask, last), acc[r][kVectors - 1]));
+    float* tail = row + kLanes * (kVectors - 1);
+    Simd::StorePart(tail, last.mask, last.full,
+                    Simd::Add(Simd::LoadPart(last.mask, last.full, tail), acc[r][kVectors - 1]));
   }
 }
 
 using FilterGradFn = void (*)(const float*, const int64_t*, int64_t, int64_t, const float*,
-                              int64_t, float*, int64_t, __mmask16);
+                              int64_t, float*, int64_t, LastVector);
 
 template <int kVectors>
 FilterGradFn FilterGradFor(int64_t rows) {
@@ -707,16 +844,23 @@ FilterGradFn FilterGradFor(int64_t rows) {
 }
 
 FilterGradFn FilterGradFor(int64_t vectors, int64_t rows) {
+#if defined(PYAE_ISA_AVX512)
   switch (vectors) {
     case 1: return FilterGradFor<1>(rows);
     case 2: return FilterGradFor<2>(rows);
     case 3: return FilterGradFor<3>(rows);
     default: return FilterGradFor<4>(rows);
   }
+#else
+  return vectors == 1 ? FilterGradFor<1>(rows) : FilterGradFor<2>(rows);
+#endif
 }
 
-// Filter rows per filter-gradient tile: 8-24 accumulators.
-int64_t FilterGradRows(int64_t vectors) { return vectors == 4 ? 6 : 8; }
+// Filter rows per filter-gradient tile: 8-24 accumulators (AVX2: 8-12), plus a row of the
+// small image and a broadcast.
+int64_t FilterGradRows(int64_t vectors) {
+  return vectors == Simd::kTileVectors && vectors > 1 ? 6 : 8;
+}
 
 }  // namespace
 
@@ -744,15 +888,14 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
       prefetch.Start({big, big}, 1);
     }
     for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-      WithTileShape(filter.block_stride(b) / 16, [&](auto tile) {
+      ForEachColumnTiles(filter.block_width(b), [&](const ColumnTiles& tiles, auto tile) {
         using Tile = decltype(tile);
         for (size_t k = 0; k < classes.classes.size(); ++k) {
           const ClassPixels& pixels_of = sorted.of_class[k];
           ListTiles<Tile::kRows, Tile::kVectors>(
               base, pixels_of.origins, pixels_of.at, pixels_of.row_stride,
-              classes.classes[k].groups[b], filter.block(b),
-              out + filter.block_col(b), TailMask(filter.block_width(b)),
-              BlockEpilogueAt(epilogues, b), &prefetch);
+              classes.classes[k].groups[b], filter.block(b), filter.block_stride(b),
+              out + filter.block_col(b), tiles, BlockEpilogueAt(epilogues, b), &prefetch);
         }
       });
     }
@@ -779,11 +922,11 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
         for (int64_t phase_w = 0; phase_w < g.stride_w; ++phase_w) {
           MakeStrideClass(g, shape, padded.row_floats(), phase_h, phase_w, row, row_end, &cls);
           for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-            WithTileShape(filter.block_stride(b) / 16, [&](auto tile) {
+            ForEachColumnTiles(filter.block_width(b), [&](const ColumnTiles& tiles, auto tile) {
               using Tile = decltype(tile);
               ListTiles<Tile::kRows, Tile::kVectors>(
                   padded.data(), cls.origins, cls.at, 0, cls.taps, filter.block(b),
-                  out + filter.block_col(b), TailMask(filter.block_width(b)),
+                  filter.block_stride(b), out + filter.block_col(b), tiles,
                   BlockEpilogueAt(epilogues, b), nullptr);
             });
           }
@@ -811,16 +954,16 @@ void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* smal
     const int64_t pixels = chunk.pixels(g);
     for (int64_t q = 0; q < pixels; q += kGradPassPixels) {
       const int64_t count = std::min(kGradPassPixels, pixels - q);
-      for (int64_t col = 0; col < cols; col += PackedFilter::kBlockCols) {
-        const int64_t width = std::min(PackedFilter::kBlockCols, cols - col);
-        const int64_t vectors = (width + 15) / 16;
+      for (int64_t col = 0; col < cols; col += kTileCols) {
+        const int64_t width = std::min(kTileCols, cols - col);
+        const int64_t vectors = VectorsFor(width);
         const int64_t tile = FilterGradRows(vectors);
         for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
           for (int64_t s = 0; s < span; s += tile) {
             FilterGradFor(vectors, std::min(tile, span - s))(
                 padded.data(), origins.data() + q, count, kh * padded.row_floats() + s,
                 rows + q * cols + col, cols, dfilter + (kh * span + s) * cols + col, cols,
-                TailMask(width));
+                LastVectorOf(width));
           }
         }
       }
@@ -828,7 +971,7 @@ void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* smal
   }
 }
 
-#else  // !__AVX512F__
+#else  // the generic path: no direct kernels
 
 bool DirectConvAvailable() { return false; }
 
@@ -852,4 +995,8 @@ void DirectFilterGrad(const ConvGeometry&, const float*, const float*, int64_t, 
 
 #endif
 
+}  // namespace PYAE_ISA_NS
 }  // namespace pyae
+
+#include "isa_target_end.h"
+

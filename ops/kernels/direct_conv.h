@@ -1,4 +1,5 @@
-// Implicit-GEMM convolution on AVX-512 (the "direct" kernels).
+// Implicit-GEMM convolution on AVX-512 or AVX2 + FMA (the "direct" kernels), compiled once per
+// path into namespace pyae::PYAE_ISA_NS (see isa_target.h); the generic path has none.
 //
 // The im2col route copies every patch into a matrix that the BLAS then copies again into its
 // own panel layout; here a tile of output pixels broadcasts its input values straight from
@@ -15,10 +16,14 @@
 
 #include "conv_geometry.h"
 
-namespace pyae {
+#if !defined(PYAE_ISA_NS)
+#error "direct_conv.h belongs to the per-ISA sources: PYAE_ISA_NS must be defined"
+#endif
 
-// True when this build has the direct kernels (compiled for AVX-512); callers fall back to
-// im2col + GEMM otherwise.
+namespace pyae {
+namespace PYAE_ISA_NS {
+
+// True on the AVX-512 and AVX2 paths; callers fall back to im2col + GEMM otherwise.
 bool DirectConvAvailable();
 
 // Images that DirectConv computes as one chunk (1 when an image alone fills it): a caller
@@ -87,4 +92,5 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small, const Packed
 void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,
                       int64_t first, int64_t end, float* dfilter);
 
+}  // namespace PYAE_ISA_NS
 }  // namespace pyae

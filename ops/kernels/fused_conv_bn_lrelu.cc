@@ -1,18 +1,27 @@
+// The fused op's CPU kernels, compiled once per path (see isa_target.h and fused_isa.h): the
+// direct conv kernels and the auto-vectorised statistics and epilogue loops all get the path's
+// instructions. fused_dispatch.cc calls the path in use.
 #include "fused_conv_bn_lrelu.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "direct_conv.h"
+#include "fused_isa.h"
 #include "gemm.h"
 #include "im2col.h"
 #include "scratch.h"
 
+#include "isa_target.h"  // after every other include
+
 namespace pyae {
+namespace PYAE_ISA_NS {
 namespace {
 
 // Images split into one contiguous range per task, so col2im never races between tasks:
@@ -538,16 +547,6 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
 
 }  // namespace
 
-bool CanInvertOutput(const float* gamma, const float* beta, int64_t channels,
-                     float negative_slope) {
-  if (!(negative_slope > 0.0f)) return false;
-  for (int64_t c = 0; c < channels; ++c) {
-    const float g = std::fabs(gamma[c]);
-    if (!(g >= 1e-6f) || !(std::fabs(beta[c]) <= 64.0f * g)) return false;
-  }
-  return true;
-}
-
 std::string FusedForward(const FusedParams& p, const Runtime& runtime, const float* x,
                          const float* kernel, const float* gamma, const float* beta,
                          const float* moving_mean, const float* moving_variance, float* y,
@@ -648,4 +647,13 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
   return BackwardWith(p, runtime, pre, &terms, x, kernel, gamma, dx, dkernel, dgamma, dbeta);
 }
 
+const FusedKernels& Kernels() {
+  static const FusedKernels kernels{&FusedForward, &FusedBackward};
+  return kernels;
+}
+
+}  // namespace PYAE_ISA_NS
 }  // namespace pyae
+
+#include "isa_target_end.h"
+

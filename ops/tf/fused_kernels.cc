@@ -7,6 +7,7 @@
 #include "conv_geometry.h"
 #include "fused_conv_bn_lrelu.h"
 #include "fused_op_base.h"
+#include "isa.h"
 #include "parallel.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -85,6 +86,43 @@ class FusedConvBnLeakyReluGradOp : public FusedOpBase {
 
 }  // namespace
 }  // namespace pyae
+
+// The kernels' path, for pyae.ops (through ctypes, on the library TF has loaded): each returns
+// the number of bytes its text needs, and writes as much of it as `size` allows into `out`.
+namespace {
+
+int64_t CopyOut(const std::string& text, char* out, int64_t size) {
+  if (size > 0) {
+    const int64_t n = std::min<int64_t>(size - 1, text.size());
+    std::copy(text.begin(), text.begin() + n, out);
+    out[n] = '\0';
+  }
+  return static_cast<int64_t>(text.size()) + 1;
+}
+
+}  // namespace
+
+// Picks the path ("avx512", "avx2", "generic" or "auto"); `out` gets "" or the error.
+extern "C" __attribute__((visibility("default"))) int64_t pyae_select_isa(const char* name,
+                                                                           char* out,
+                                                                           int64_t size) {
+  return CopyOut(pyae::SelectIsa(name), out, size);
+}
+
+// Lines: the path in use, why, the error that stops the kernels ("" if none), the paths built
+// and the ones this CPU runs (comma-separated).
+extern "C" __attribute__((visibility("default"))) int64_t pyae_isa_info(char* out,
+                                                                         int64_t size) {
+  const pyae::IsaChoice choice = pyae::ActiveIsa();
+  std::string supported;
+  for (pyae::Isa isa : {pyae::Isa::kAvx512, pyae::Isa::kAvx2, pyae::Isa::kGeneric}) {
+    if (!pyae::IsaSupported(isa)) continue;
+    supported += (supported.empty() ? "" : ",") + std::string(pyae::IsaName(isa));
+  }
+  return CopyOut(std::string(pyae::IsaName(choice.isa)) + "\n" + choice.reason + "\n" +
+                     choice.error + "\n" + pyae::BuiltIsas() + "\n" + supported,
+                 out, size);
+}
 
 REGISTER_KERNEL_BUILDER(Name("PyaeFusedConvBnLeakyRelu").Device(::tensorflow::DEVICE_CPU),
                         pyae::FusedConvBnLeakyReluOp);

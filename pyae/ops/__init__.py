@@ -2,18 +2,23 @@
 from pyae.ops import _gradients  # noqa: F401  registers the native gradient by op name
 from pyae.ops._api import IMPLS, FusedOutput, fused_conv_bn_leaky_relu, in_xla_context, resolve_impl
 from pyae.ops._build import build_info
-from pyae.ops._loader import FORCE_FALLBACK_ENV, load
+from pyae.ops._loader import FORCE_FALLBACK_ENV, ISA_ENV, ISA_NAMES, isa_info, load
+from pyae.ops._loader import set_isa
 
 __all__ = [
     "FORCE_FALLBACK_ENV",
     "IMPLS",
+    "ISA_ENV",
+    "ISA_NAMES",
     "FusedOutput",
     "build_info",
     "fused_conv_bn_leaky_relu",
     "in_xla_context",
+    "isa_info",
     "load",
     "native_available",
     "resolve_impl",
+    "set_isa",
 ]
 
 

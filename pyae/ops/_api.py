@@ -32,6 +32,9 @@ def resolve_impl(impl, dtype=tf.float32):
     elif _loader.load() is None:
         native_problem = _loader.fallback_reason()
     if native_problem is None:
+        isa_error = _loader.isa_info()["error"]
+        if isa_error:  # a path PYAE_ISA forced that cannot run: never a silent switch
+            raise ValueError(f"pyae's native kernels cannot run: {isa_error}")
         return "native"
     if impl == "native":
         raise ValueError(f"impl='native' is not available: {native_problem}")

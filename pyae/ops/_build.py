@@ -18,13 +18,21 @@ def build_info():
     """A dict describing the native parts of this installation.
 
     Keys: ``tf_ops`` (the TF op library: built, loaded, the TF version and ABI it was built
-    for, the running ones, and the reason it is not used, if any), ``native_module`` (the
-    pybind11 module ``pyae._native``: its kernels and CUDA support), ``cuda`` and
-    ``compile_flags`` as recorded by CMake.
+    for, the running ones, and the reason it is not used, if any), ``isa`` (the CPU kernels'
+    paths: ``built`` and ``supported`` by this CPU, best first, the ``active`` one, the
+    ``reason`` it was picked and the ``error`` that stops the kernels, "" if none),
+    ``native_module`` (the pybind11 module ``pyae._native``: its kernels and CUDA support),
+    ``cuda`` and ``compile_flags`` as recorded by CMake.
     """
     recorded = _loader.read_build_info()
     library = _loader.load()
+    isa = _loader.isa_info()
+    if isa is None:
+        built = recorded.get("isas_built")
+        isa = {"built": built.split(",") if built else [], "supported": None, "active": None,
+               "reason": "the native op library is not in use", "error": ""}
     return {
+        "isa": isa,
         "tf_ops": {
             "built": _loader.LIBRARY_PATH.exists(),
             "loaded": library is not None,

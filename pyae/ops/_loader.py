@@ -3,6 +3,7 @@
 The check happens *before* ``tf.load_op_library``: a library built against another
 TensorFlow can crash the process on load, so a mismatch is reported and never loaded.
 """
+import ctypes
 import json
 import os
 import pathlib
@@ -91,3 +92,62 @@ def load():
 def fallback_reason():
     load()
     return _state["reason"]
+
+
+ISA_ENV = "PYAE_ISA"
+ISA_NAMES = ("avx512", "avx2", "generic")
+_ISA_INFO_FIELDS = ("active", "reason", "error", "built", "supported")
+
+
+def _isa_functions():
+    """The op library's path functions, through ctypes (the library TF loaded: dlopen returns
+    the same handle), or None without the library."""
+    if load() is None:
+        return None
+    if "isa" not in _state:
+        library = ctypes.CDLL(str(LIBRARY_PATH))
+        for name, argtypes in (("pyae_select_isa", [ctypes.c_char_p, ctypes.c_char_p,
+                                                    ctypes.c_int64]),
+                               ("pyae_isa_info", [ctypes.c_char_p, ctypes.c_int64])):
+            getattr(library, name).argtypes = argtypes
+            getattr(library, name).restype = ctypes.c_int64
+        _state["isa"] = library
+    return _state["isa"]
+
+
+def _call_text(function, *args):
+    size = 512
+    while True:
+        out = ctypes.create_string_buffer(size)
+        needed = function(*args, out, size)
+        if needed <= size:
+            return out.value.decode()
+        size = needed
+
+
+def isa_info():
+    """The native kernels' path: ``active``, ``reason``, ``error`` (what stops the kernels,
+    "" if nothing), ``built`` and ``supported`` (lists, best first); None without the
+    library."""
+    functions = _isa_functions()
+    if functions is None:
+        return None
+    fields = dict(zip(_ISA_INFO_FIELDS, _call_text(functions.pyae_isa_info).split("\n")))
+    for key in ("built", "supported"):
+        fields[key] = [name for name in fields[key].split(",") if name]
+    return fields
+
+
+def set_isa(name):
+    """Run the native kernels on path ``name`` ("avx512", "avx2", "generic", or "auto" for the
+    best this CPU runs). Raises ValueError naming the value if this build or CPU lacks it."""
+    if not isinstance(name, str):
+        raise ValueError(f"isa must be a string, one of {ISA_NAMES + ('auto',)}. "
+                         f"Received: isa={name!r}")
+    functions = _isa_functions()
+    if functions is None:
+        raise ValueError(f"isa={name!r} needs the native op library, which is not in use: "
+                         f"{fallback_reason()}")
+    error = _call_text(functions.pyae_select_isa, name.encode())
+    if error:
+        raise ValueError(f"{error}. Received: isa={name!r}")
