@@ -481,7 +481,7 @@ def _measured(block, config, mode, step, seconds, options):
 def run_all(blocks, options):
     results = {}
     for block in blocks:
-        for mode in shapes.MODES:
+        for mode in options.modes:
             for config, result in run_mode(block, mode, options).items():
                 results[block.id, mode, config] = result
                 _progress(block, mode, config, result)
@@ -744,6 +744,8 @@ def parse_args(argv=None):
                         help="the native op's CPU kernel path (default: PYAE_ISA or the best)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
                         help="only these configs (default: all)")
+    parser.add_argument("--modes", nargs="+", choices=shapes.MODES, default=list(shapes.MODES),
+                        help="only these modes (default: all)")
     parser.add_argument("--rss-child", nargs=3, metavar=("BLOCK", "CONFIG", "MODE"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--rss-iterations", type=int, default=3, help=argparse.SUPPRESS)
