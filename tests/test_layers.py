@@ -215,7 +215,18 @@ def test_repeated_training_calls_update_moving_statistics_like_keras(training, i
 def test_auto_reports_native_when_available(rng):
     fused = build_fused(Case((1, 5, 5, 2), 2))
     fused(random_normal(rng, (1, 5, 5, 2)))
-    assert fused.last_impl == ("native" if pyae.ops.native_available() else "tf")
+    assert fused.last_impl == pyae.ops.resolve_impl("auto")
+    if not pyae.ops.native_available():
+        assert fused.last_impl == "tf"
+
+
+def test_auto_picks_native_only_on_paths_where_it_beats_the_composite(isa, rng):
+    fused = build_fused(Case((1, 5, 5, 2), 2))
+    fused(random_normal(rng, (1, 5, 5, 2)))
+    choice, reason = pyae.ops.explain_impl("auto")
+    expected = "tf" if isa in pyae.ops.SLOWER_THAN_TF_PATHS else "native"
+    assert fused.last_impl == choice == expected
+    assert isa in reason
 
 
 # ---------------------------------------------------------------------------- tf.function / XLA

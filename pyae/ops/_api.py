@@ -18,12 +18,27 @@ def in_xla_context():
     return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
-def resolve_impl(impl, dtype=tf.float32):
-    """Return "native" or "tf" for the requested ``impl``; explain when native is impossible."""
+# CPU kernel paths on which the native op is slower than TF's own ops, and the measurement
+# that says so (bench/RESULTS.md): there impl="auto" runs the composite ops instead.
+SLOWER_THAN_TF_PATHS = {
+    "generic": "the generic CPU path (im2col + OpenBLAS GEMM) trains slower than TF's own ops "
+               "(fwd+bwd geometric mean 0.83x Fashion-MNIST, 0.92x Cartoon blocks, "
+               "bench/RESULTS.md)",
+}
+
+
+def explain_impl(impl="auto", dtype=tf.float32):
+    """``(choice, reason)``: what ``impl`` resolves to ("native" or "tf") here, and why.
+
+    ``impl="auto"`` picks the native op only where it is usable and beats the composite ops
+    on the CPU kernel path in use (``SLOWER_THAN_TF_PATHS`` lists where it does not).
+    Raises ValueError for ``impl="native"`` where the native op cannot run, and for any but
+    "tf" where ``PYAE_ISA`` forced a path that cannot run.
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "tf":
-        return "tf"
+        return "tf", "impl='tf' was requested"
     native_problem = None
     if tf.as_dtype(dtype) != tf.float32:
         native_problem = f"the native op computes in float32, got {tf.as_dtype(dtype).name}"
@@ -31,14 +46,24 @@ def resolve_impl(impl, dtype=tf.float32):
         native_problem = "a custom op cannot run inside an XLA (jit_compile) function"
     elif _loader.load() is None:
         native_problem = _loader.fallback_reason()
-    if native_problem is None:
-        isa_error = _loader.isa_info()["error"]
-        if isa_error:  # a path PYAE_ISA forced that cannot run: never a silent switch
-            raise ValueError(f"pyae's native kernels cannot run: {isa_error}")
-        return "native"
+    if native_problem is not None:
+        if impl == "native":
+            raise ValueError(f"impl='native' is not available: {native_problem}")
+        return "tf", native_problem
+    isa = _loader.isa_info()
+    if isa["error"]:  # a path PYAE_ISA forced that cannot run: never a silent switch
+        raise ValueError(f"pyae's native kernels cannot run: {isa['error']}")
     if impl == "native":
-        raise ValueError(f"impl='native' is not available: {native_problem}")
-    return "tf"
+        return "native", f"impl='native' was requested (CPU kernel path {isa['active']})"
+    slower = SLOWER_THAN_TF_PATHS.get(isa["active"])
+    if slower is not None:
+        return "tf", slower
+    return "native", f"the native op beats the composite ops on the {isa['active']} path"
+
+
+def resolve_impl(impl, dtype=tf.float32):
+    """Return "native" or "tf" for the requested ``impl`` (see ``explain_impl``)."""
+    return explain_impl(impl, dtype)[0]
 
 
 def _check_args(x, kernel, gamma, beta, moving_mean, moving_variance, transpose):

@@ -1,7 +1,7 @@
 """``build_info()``: what was built, against what, and why anything was not."""
 import tensorflow as tf
 
-from pyae.ops import _loader
+from pyae.ops import _api, _loader
 
 
 def _native_module_info():
@@ -20,7 +20,8 @@ def build_info():
     Keys: ``tf_ops`` (the TF op library: built, loaded, the TF version and ABI it was built
     for, the running ones, and the reason it is not used, if any), ``isa`` (the CPU kernels'
     paths: ``built`` and ``supported`` by this CPU, best first, the ``active`` one, the
-    ``reason`` it was picked and the ``error`` that stops the kernels, "" if none),
+    ``reason`` it was picked, the ``error`` that stops the kernels, "" if none, and what
+    ``impl="auto"`` picks on it and why as ``auto``),
     ``native_module`` (the pybind11 module ``pyae._native``: its kernels and CUDA support),
     ``cuda`` and ``compile_flags`` as recorded by CMake.
     """
@@ -31,6 +32,8 @@ def build_info():
         built = recorded.get("isas_built")
         isa = {"built": built.split(",") if built else [], "supported": None, "active": None,
                "reason": "the native op library is not in use", "error": ""}
+    if not isa["error"]:
+        isa["auto"] = dict(zip(("impl", "reason"), _api.explain_impl("auto")))
     return {
         "isa": isa,
         "tf_ops": {
