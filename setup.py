@@ -4,6 +4,7 @@ CMake builds whatever it can find (see CMakeLists.txt). If the native build fail
 PYAE_REQUIRE_NATIVE is not set, pyae installs without it and runs on its pure-TF fallback.
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,16 @@ class CMakeBuild(build_ext):
                 raise
             print(f"pyae: the native build failed ({err}); installing the pure-TF fallback only.",
                   file=sys.stderr)
+
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()
+        # `build_ext --inplace`: setuptools copies the extension alone, but CMake also wrote the
+        # TF op library and the build record into the package's ops/ folder.
+        built_ops = Path(self.build_lib) / "pyae" / "ops"
+        source_ops = Path(self.get_finalized_command("build_py").get_package_dir("pyae")) / "ops"
+        for built in built_ops.glob("*"):
+            if built.suffix in (".so", ".json"):
+                shutil.copy2(built, source_ops / built.name)
 
 
 setup(

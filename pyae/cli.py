@@ -483,14 +483,15 @@ def build_parser():
 
 @contextlib.contextmanager
 def _warnings_as_lines(command):
-    """Warnings (a damaged file set aside, images skipped...) as one line each, like errors,
-    without the source line Python shows by default."""
-    shown = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_, **__: f"pyae {command}: warning: {message}\n"
-    try:
+    """Warnings (a damaged file set aside, images skipped...) as one line each on stderr, like
+    errors, without the source line Python shows by default. The command owns its console:
+    the lines are printed whoever else listens for warnings (a test runner records them)."""
+    def show(message, *_args, **_kwargs):
+        print(f"pyae {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
         yield
-    finally:
-        warnings.formatwarning = shown
 
 
 USER_ERRORS = (CliError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
