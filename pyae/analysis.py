@@ -236,4 +236,7 @@ def restoration_step(run_dir, model, dataset, section, restore, images=256, n=8)
 
 
 def progress_bar(total, description, verbose=True):
-    return tqdm(total=total, desc=description, unit="step", disable=not verbose, leave=False)
+    """A transient bar on a terminal; nothing when quiet or when the output is redirected
+    (a log file would keep every redraw)."""
+    return tqdm(total=total, desc=description, unit="step", leave=False,
+                disable=None if verbose else True)

@@ -171,10 +171,7 @@ def command_train(args):
         raise CliError(f"--limit {args.limit}: {err}" if args.limit else err) from None
     preset = args.preset or runs.default_preset(dataset_spec)
     model_config = _model_config(args, preset, dataset)
-    import keras  # pylint: disable=import-outside-toplevel
-
-    keras.utils.set_random_seed(args.seed)  # before the weights are initialised
-    model = runs.build_model(model_config)
+    model = runs.build_model(model_config, seed=args.seed)
     run_dir = Path(args.out).expanduser() if args.out else runs.default_run_dir(dataset_spec)
     train_config = {"epochs": args.epochs, "seed": args.seed, "step": args.step,
                     "batch_size": args.batch_size}

@@ -279,10 +279,15 @@ def limit_dataset(dataset, limit):
     return dataset
 
 
-def build_model(model_config):
-    """The run's (untrained) model from the "model" section of its config."""
+def build_model(model_config, seed=None):
+    """The run's (untrained) model from the "model" section of its config; with ``seed``,
+    Keras' seeds are set first, so the initial weights follow from it."""
+    import keras
+
     from pyae import models
 
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     options = dict(model_config)
     preset = options.pop("preset")
     options["input_shape"] = tuple(options["input_shape"])
@@ -313,18 +318,25 @@ def load_weights(model, run_dir):
 
 
 def restore_last_epoch(model, run_dir):
-    """The last complete epoch checkpoint of ``run_dir`` into ``model``; its folder."""
-    from pyae import train as train_lib
+    """The newest epoch checkpoint of ``run_dir`` that loads, into ``model``; its folder.
+    A damaged one is named in a warning and the one before it is tried."""
+    from pyae import callbacks
 
-    try:
-        epoch = train_lib.restore(model, run_dir)
-    except Exception as err:  # TF's checkpoint reader raises several unrelated types
-        last = sorted(Path(run_dir).glob("epoch-*"))[-1]
-        raise RunFolderError(f"{last}: damaged checkpoint ({type(err).__name__}: "
-                             f"{_first_line(err)})") from None
-    if not epoch:
-        raise RunFolderError(f"{run_dir}: no complete epoch checkpoint")
-    return Path(run_dir) / f"epoch-{epoch:06d}"
+    damaged = []
+    for epoch in reversed(callbacks.complete_epochs(run_dir)):
+        folder = Path(callbacks.epoch_dir(run_dir, epoch))
+        try:
+            callbacks.restore_checkpoint(model, folder, with_optimizer=False)
+        except Exception as err:  # TF's checkpoint reader raises several unrelated types
+            damaged.append(f"{folder}: damaged checkpoint ({type(err).__name__}: "
+                           f"{_first_line(err)})")
+            continue
+        for message in damaged:
+            warnings.warn(f"{message}; using {folder.name} instead", stacklevel=3)
+        return folder
+    if damaged:
+        raise RunFolderError("; ".join(damaged))
+    raise RunFolderError(f"{run_dir}: no complete epoch checkpoint")
 
 
 def _first_line(error):

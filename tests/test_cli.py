@@ -434,3 +434,16 @@ def test_the_smallest_set_the_analyses_take_trains_and_analyses(tmp_path, capsys
     assert status == 0, err
     for name in RUN_FILES:
         assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_a_damaged_last_epoch_falls_back_to_the_one_before(trained_run, tmp_path, capsys):
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    (run_dir / "model.weights.h5").unlink()  # as if training had stopped after epoch 2
+    [first] = run_dir.glob("epoch-*")
+    second = shutil.copytree(first, run_dir / "epoch-000002")
+    for path in second.glob("ckpt.data-*"):
+        path.write_bytes(b"")
+    status, _, err = run_cli(capsys, "reconstruct", "--run", run_dir, "--quiet")
+    assert status == 0, err
+    [line] = warning_lines(err)
+    assert f"{second}: damaged checkpoint" in line and f"using {first.name} instead" in line
