@@ -144,16 +144,18 @@ def _device_name():
 # ----------------------------------------------------------------------------- a run
 
 
-def run_callbacks(run_dir, *, keep_checkpoints=2, tensorboard=True, images=None):
+def run_callbacks(run_dir, *, keep_checkpoints=2, tensorboard=True, images=None,
+                  strategy=None):
     """The callbacks of a run folder, in the order they must run.
 
     ``EpochCheckpoint(run_dir)`` (atomic per-epoch checkpoints, resume), ``LossCSV``
     (``run_dir/loss.csv``), ``StopOnNonFinite``, and with ``tensorboard`` Keras'
     ``TensorBoard(run_dir/logs)`` plus ``ReconstructionImages`` of ``images``. Under a
-    multi-worker strategy only the chief logs.
+    multi-worker ``strategy`` (the model's) only the chief logs.
     """
     run_dir = os.fspath(run_dir)
-    chief = callbacks_lib._is_chief(tf.distribute.get_strategy())  # pylint: disable=protected-access
+    chief = callbacks_lib._is_chief(  # pylint: disable=protected-access
+        strategy or tf.distribute.get_strategy())
     found = [callbacks_lib.EpochCheckpoint(run_dir, keep=keep_checkpoints),
              callbacks_lib.StopOnNonFinite()]
     if chief:
@@ -183,7 +185,8 @@ def fit(model, data, epochs, batch_size=DEFAULT_BATCH_SIZE, run_dir=None, *, see
     if run_dir is not None:
         run = run_callbacks(run_dir, keep_checkpoints=keep_checkpoints, tensorboard=tensorboard,
                             images=_sample_images(validation_data if validation_data
-                                                  is not None else data))
+                                                  is not None else data),
+                            strategy=model.distribute_strategy)
     if isinstance(data, (tuple, list)) and len(data) == 2 and np.ndim(data[0]) == 4:
         data = data[0]  # (images, labels): the labels play no part
     if isinstance(data, tf.data.Dataset):

@@ -125,6 +125,8 @@ def test_two_workers_train_as_one_process_at_the_same_global_batch(tmp_path):
     assert ratio == pytest.approx(1.0, abs=0.1)
     assert train.complete_epochs(run_dir) == [1, 2]
     assert [row["epoch"] for row in train.read_loss_csv(run_dir / train.LOSS_CSV)] == [0, 1]
+    # Only the chief logs: one TensorBoard event file, not one per worker.
+    assert len(os.listdir(run_dir / train.LOG_DIR / "train")) == 1
 
 
 def test_killed_worker_job_resumes_from_last_complete_epoch(tmp_path):
