@@ -491,7 +491,10 @@ def _warnings_as_lines(command):
         yield
 
 
-USER_ERRORS = (CliError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
+# FloatingPointError: training stopped on a NaN/Inf loss (pyae.train.NonFiniteLossError names
+# the epoch, the step and the culprit; the last complete epoch's checkpoint is intact).
+USER_ERRORS = (CliError, FileNotFoundError, NotADirectoryError, ValueError, KeyError,
+               FloatingPointError)
 
 
 def main(argv=None):

@@ -311,3 +311,17 @@ def test_fit_under_mirrored_strategy_over_two_logical_cpus(tmp_path):
     # without the 1/replicas scaling would make this ratio 2).
     assert result["update_ratio"] == pytest.approx(1.0, abs=0.1)
     assert train.complete_epochs(tmp_path) == [1, 2]
+
+
+def test_cli_train_reports_a_nan_stop_in_one_line(monkeypatch, tmp_path, capsys):
+    from pyae import cli  # pylint: disable=import-outside-toplevel
+
+    def diverging_fit(*args, **kwargs):
+        raise train.NonFiniteLossError(3, 7, {"loss": float("nan")})
+
+    monkeypatch.setattr(train, "fit", diverging_fit)
+    status = cli.main(["train", "--dataset", "digits", "--limit", "64", "--epochs", "1",
+                       "--out", str(tmp_path / "run"), "--quiet"])
+    assert status == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("pyae train: error: non-finite loss at epoch 3, step 7")
