@@ -70,10 +70,7 @@ def time_fits(models_by_name, images, batch_size, rounds):
             started = time.perf_counter()
             fit_epoch(model, images, batch_size)
             seconds[name].append(time.perf_counter() - started)
-    print("seconds per round: " + "; ".join(
-        f"{name} {', '.join(f'{value:.2f}' for value in values)}"
-        for name, values in seconds.items()), file=sys.stderr)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+    return seconds
 
 
 def main(argv=None):
@@ -95,6 +92,8 @@ def main(argv=None):
     medians = time_fits({"stock Keras": stock, "fuse_model": fused,
                          f"pyae Autoencoder ({autoencoder.chosen_step})": autoencoder},
                         images, batch_size, arguments.rounds)
+    seconds, medians = medians, {name: statistics.median(values)
+                                 for name, values in medians.items()}
     print(f"# fit: stock Keras vs fuse_model ({datetime.date.today()}, {platform.node()}, "
           f"{os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__})\n")
     print(f"command: `python bench/fit_report.py {' '.join(sys.argv[1:])}`  ")
@@ -104,13 +103,20 @@ def main(argv=None):
     print(f"| model | images/s | s per fit epoch ({arguments.steps} steps, batch {batch_size}) "
           "| vs stock |")
     print("|---|---:|---:|---:|")
-    for name, seconds in medians.items():
-        print(f"| {name} | {len(images) / seconds:.1f} | {seconds:.2f} | "
-              f"{medians['stock Keras'] / seconds:.2f}x |")
+    for name, median in medians.items():
+        print(f"| {name} | {len(images) / median:.1f} | {median:.2f} | "
+              f"{medians['stock Keras'] / median:.2f}x |")
     ratio = medians["stock Keras"] / medians["fuse_model"]
-    print(f"\n- speed-up {ratio:.2f}x vs target >= {TARGET}x: "
-          f"{'yes' if ratio >= TARGET else '**no**'} (median of {arguments.rounds} "
-          "interleaved rounds)")
+    # This VM has slow spells of seconds; the ratio within each round (the two fits run
+    # back to back) is the steadier figure.
+    paired = statistics.median(stock_time / fused_time for stock_time, fused_time in
+                               zip(seconds["stock Keras"], seconds["fuse_model"]))
+    print(f"\n- speed-up {ratio:.2f}x (ratio of medians), {paired:.2f}x (median of the "
+          f"{arguments.rounds} rounds' ratios) vs target >= {TARGET}x: "
+          f"{'yes' if min(ratio, paired) >= TARGET else '**no**'}")
+    print("- seconds per round: " + "; ".join(
+        f"{name} {', '.join(f'{value:.2f}' for value in values)}"
+        for name, values in seconds.items()))
 
 
 if __name__ == "__main__":
