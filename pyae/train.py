@@ -87,6 +87,10 @@ def choose_step(jit_compile="auto", auto_policy="rule", run_eagerly=False):
     if not ops.native_available():
         return True, "xla", (f"the native op library is not loaded ({_native_reason()}), so "
                              "XLA on the composite ops is the faster form")
+    layer_impl, why = ops.explain_impl("auto")
+    if layer_impl != "native":  # e.g. a CPU kernel path slower than TF's own ops
+        return True, "xla", (f"the fused layers run the composite ops here ({why}), and XLA "
+                             "fuses those")
     if auto_policy == "rule" and _device_name() == "CPU":
         # Measured by bench/training_report.py on CPU at both tutorial models: the native
         # graph step beats XLA (which compiles the convolutions itself, without oneDNN), and

@@ -102,6 +102,16 @@ def test_auto_step_without_native_library_is_xla(monkeypatch):
         model.compile(auto_policy="guess")
 
 
+def test_auto_step_is_xla_where_the_layers_would_run_composite_ops(monkeypatch):
+    monkeypatch.setattr(ops, "native_available", lambda: True)
+    monkeypatch.setattr(ops, "explain_impl",
+                        lambda impl="auto": ("tf", "the generic CPU path is slower"))
+    model = tiny_model()
+    model.compile()
+    assert model.jit_compile is True and model.chosen_step == "xla"
+    assert "generic CPU path" in model.step_reason
+
+
 def test_measured_step_keeps_the_faster_and_leaves_no_trace(images):
     model = tiny_model(seed=3)
     model.compile(seed=3, auto_policy="measure")
