@@ -20,7 +20,6 @@ would run the same composite ops without XLA's fusion). Otherwise, with
 keeps the faster. ``model.chosen_step`` and ``model.step_reason`` say which runs and why;
 ``fit`` prints it once.
 """
-import csv
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ import tensorflow as tf
 
 from pyae import callbacks as callbacks_lib
 from pyae import ops
+from pyae.runs import read_loss_csv  # noqa: F401  (re-exported: loss.csv is the run folder's)
 
 STEPS = ("auto", "xla", "native")
 AUTO_POLICIES = ("rule", "measure")
@@ -223,18 +223,3 @@ def restore(model, run_dir, with_optimizer=False):
     return epoch
 
 
-def read_loss_csv(path):
-    """loss.csv as a list of dicts with numbers parsed."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        return [{key: _parse_number(value) for key, value in row.items()}
-                for row in csv.DictReader(handle)]
-
-
-def _parse_number(text):
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
