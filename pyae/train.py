@@ -84,11 +84,15 @@ def choose_step(jit_compile="auto", auto_policy="rule", run_eagerly=False):
                                  f"({_native_reason()}): the graph step runs the composite "
                                  "TF ops")
         return jit_compile, step, "requested"
+    no_xla = _xla_unusable_reason()
     if not ops.native_available():
+        if no_xla:
+            return False, "native", (f"the native op library is not loaded ({_native_reason()}) "
+                                     f"and {no_xla}: the graph step runs the composite TF ops")
         return True, "xla", (f"the native op library is not loaded ({_native_reason()}), so "
                              "XLA on the composite ops is the faster form")
     layer_impl, why = ops.explain_impl("auto")
-    if layer_impl != "native":  # e.g. a CPU kernel path slower than TF's own ops
+    if layer_impl != "native" and not no_xla:  # e.g. a CPU kernel path slower than TF's ops
         return True, "xla", (f"the fused layers run the composite ops here ({why}), and XLA "
                              "fuses those")
     if auto_policy == "rule" and _device_name() == "CPU":
@@ -138,6 +142,17 @@ def _block(logs):
 
 def _native_reason():
     return ops.build_info()["tf_ops"]["reason"] or "unknown reason"
+
+
+def _xla_unusable_reason():
+    """Why XLA cannot compile the step under the current strategy, or None."""
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1 and _device_name() == "CPU":
+        # TF 2.21: "Collectives are not yet implemented for CPU devices when compiling with
+        # XLA", and MirroredStrategy's per-device variables cannot be read from one cluster.
+        return (f"XLA cannot compile the cross-replica step of {type(strategy).__name__} "
+                f"({strategy.num_replicas_in_sync} replicas) on the CPU")
+    return None
 
 
 def _device_name():

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 
+from _python import same_pyae_env
 from pyae import models, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -58,15 +59,15 @@ def start_workers(tmp_path, run_dir, epochs, kill_at=0):
     cluster = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
     workers = []
     for index in range(2):
-        environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-                           PYAE_TEST_KILL_AT=str(kill_at if index == 1 else 0))
+        environment = same_pyae_env(TF_CPP_MIN_LOG_LEVEL="3",
+                                    PYAE_TEST_KILL_AT=str(kill_at if index == 1 else 0))
         log = open(tmp_path / f"worker-{index}-{time.monotonic_ns()}.log", "w+",  # noqa: SIM115
                    encoding="utf-8")
         command = [sys.executable, "-c", WORKER, str(tmp_path / f"weights-{index}.npz"),
                    "--cluster", cluster, "--index", str(index), "--run-dir", str(run_dir),
                    "--epochs", str(epochs), *ARGUMENTS]
         workers.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         env=environment), log))
+                                         env=environment, cwd=tmp_path), log))
     return workers
 
 

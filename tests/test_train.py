@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import keras
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from _python import same_pyae_env
 from pyae import callbacks, models, objectives, ops, train
 
 TINY = {"input_shape": (16, 16, 1), "latent_dim": 3, "filters": (4, 8), "strides": (2, 2)}
@@ -203,11 +205,12 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
-def run_script(script, *arguments, timeout=300):
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def run_script(script, *arguments, timeout=300, cwd=None, env=None):
+    """``python -c script`` importing this process's pyae, from a folder with no pyae/ in it."""
     return subprocess.run([sys.executable, "-c", script, *map(str, arguments)],
-                          capture_output=True, text=True, timeout=timeout, env=environment,
-                          check=False)
+                          capture_output=True, text=True, timeout=timeout,
+                          env=same_pyae_env(TF_CPP_MIN_LOG_LEVEL="3", **(env or {})),
+                          cwd=cwd or tempfile.gettempdir(), check=False)
 
 
 def test_killed_process_resumes_and_loses_no_epoch(tmp_path):
@@ -306,11 +309,17 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_fit_under_mirrored_strategy_over_two_logical_cpus(tmp_path):
+@pytest.mark.parametrize("library", ["native", "fallback"])
+def test_fit_under_mirrored_strategy_over_two_logical_cpus(tmp_path, library):
+    """On the fallback too: jit_compile='auto' must not pick XLA, which cannot compile a
+    multi-replica step on the CPU."""
     import json  # pylint: disable=import-outside-toplevel
 
+    if library == "native" and not ops.native_available():
+        pytest.skip("native op library not available")
     script = MIRRORED_SCRIPT.replace("sys_run_dir", repr(str(tmp_path)))
-    completed = run_script(script)
+    completed = run_script(script, env={"PYAE_FORCE_FALLBACK": "1"} if library == "fallback"
+                           else {})
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, completed.stdout[-2000:] + completed.stderr[-4000:]
     result = json.loads(lines[-1][len("RESULT "):])
