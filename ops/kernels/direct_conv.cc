@@ -88,7 +88,6 @@ struct Simd {
   static void StorePart(float* p, Mask mask, bool, Vec v) { _mm512_mask_storeu_ps(p, mask, v); }
   static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
   static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
-  static Vec Sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
   static Vec LeakyRelu(Vec u, Vec slope) {
     const Mask negative = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LE_OQ);
     return _mm512_mask_mul_ps(u, negative, u, slope);
@@ -124,7 +123,6 @@ struct Simd {
   }
   static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
   static Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
-  static Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
   static Vec LeakyRelu(Vec u, Vec slope) {
     const Vec negative = _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_LE_OQ);
     return _mm256_blendv_ps(u, _mm256_mul_ps(u, slope), negative);
@@ -362,14 +360,13 @@ struct PatchSlice {
   int64_t length;
 };
 
-// The epilogue's per-channel vectors for one column block, and its running NaN probe.
+// The epilogue's per-channel vectors for one column block.
 // Plain floats, no vector members: these live in a std::vector, and with __m512 members the
 // compiler's aligned stores into its elements faulted (the storage was not 64-byte aligned).
 struct BlockEpilogue {
   const float* scale;
   const float* shift;
   float slope;
-  float probe[Simd::kLanes];
 };
 
 // Where a tile's columns lie: filter rows `filter_stride` apart (the column block's padded
@@ -434,17 +431,13 @@ void ConvTile(const float* padded, const int64_t* origin, const PatchSlice* slic
     shift[kVectors - 1] =
         Simd::LoadPart(last_mask, last_full, block_shift + kLanes * (kVectors - 1));
     const Vec slope = Simd::Broadcast(epilogue->slope);
-    Vec probe = Simd::Load(epilogue->probe);
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 4
       for (int j = 0; j < kVectors; ++j) {
-        const Vec u = Simd::Fmadd(acc[r][j], scale[j], shift[j]);
-        probe = Simd::Add(probe, Simd::Sub(u, u));  // 0 for finite u, NaN otherwise
-        acc[r][j] = Simd::LeakyRelu(u, slope);
+        acc[r][j] = Simd::LeakyRelu(Simd::Fmadd(acc[r][j], scale[j], shift[j]), slope);
       }
     }
-    Simd::Store(epilogue->probe, probe);
   }
   // Fully unrolled, so the accumulators never need an address and stay in registers.
 #pragma GCC unroll 8
@@ -771,19 +764,13 @@ std::vector<BlockEpilogue> BlockEpilogues(const PackedFilter& filter,
   if (epilogue == nullptr) return blocks;
   for (int64_t b = 0; b < filter.num_blocks(); ++b) {
     blocks.push_back({epilogue->scale + filter.block_col(b), epilogue->shift + filter.block_col(b),
-                      epilogue->negative_slope, {}});
+                      epilogue->negative_slope});
   }
   return blocks;
 }
 
 BlockEpilogue* BlockEpilogueAt(std::vector<BlockEpilogue>& blocks, int64_t b) {
   return blocks.empty() ? nullptr : &blocks[b];
-}
-
-void FinishEpilogues(const std::vector<BlockEpilogue>& blocks, TileEpilogue* epilogue) {
-  for (const BlockEpilogue& block : blocks) {
-    for (float lane : block.probe) epilogue->probe += lane;
-  }
 }
 
 // dfilter rows [row, row + kRows) (channels of one tap) += sum over `count` pixels of patch
@@ -901,7 +888,6 @@ void DirectConv(const ConvGeometry& g, const float* big, const PackedFilter& fil
     }
     on_rows(out, pixels);
   }
-  if (epilogue != nullptr) FinishEpilogues(epilogues, epilogue);
 }
 
 void DirectConvTranspose(const ConvGeometry& g, const float* small,
@@ -935,7 +921,6 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
       on_rows(out + row * g.big_w * g.big_c, (row_end - row) * g.big_w);
     }
   }
-  if (epilogue != nullptr) FinishEpilogues(epilogues, epilogue);
 }
 
 void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,

@@ -72,7 +72,6 @@ struct TileEpilogue {
   const float* scale;  // per output channel
   const float* shift;
   float negative_slope;
-  float probe = 0.0f;  // NaN once any output is NaN or Inf
 };
 
 // small = conv(big) for images [first, end): `small` is the whole batch's [.., small_c] rows.

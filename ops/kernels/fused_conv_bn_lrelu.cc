@@ -176,24 +176,16 @@ ImageBlocks ForwardBlocks(const ConvGeometry& g, const ZConv& z_conv, const Runt
   return blocks;
 }
 
-// y = leaky_relu(z * scale + shift) in place; returns NaN if any value is not finite.
-float ApplyEpilogue(float* __restrict z, int64_t rows, int64_t channels,
-                    const float* __restrict scale, const float* __restrict shift, float slope) {
-  // One probe per channel: a single running float sum would be a serial dependency that
-  // keeps the loop from vectorising.
-  std::vector<float> probes(channels, 0.0f);
-  float* __restrict probe = probes.data();
+// y = leaky_relu(z * scale + shift) in place.
+void ApplyEpilogue(float* __restrict z, int64_t rows, int64_t channels,
+                   const float* __restrict scale, const float* __restrict shift, float slope) {
   for (int64_t r = 0; r < rows; ++r) {
     float* __restrict row = z + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const float u = row[c] * scale[c] + shift[c];
-      probe[c] += u - u;  // 0 for finite u, NaN otherwise
       row[c] = u > 0.0f ? u : u * slope;
     }
   }
-  float total = 0.0f;
-  for (int64_t c = 0; c < channels; ++c) total += probe[c];
-  return total;
 }
 
 // Applies `epilogue` (if any) to rows the GEMM paths computed, then hands them to on_rows.
@@ -201,8 +193,8 @@ template <typename OnRows>
 void FinishRows(TileEpilogue* epilogue, int64_t channels, float* rows, int64_t count,
                 OnRows& on_rows) {
   if (epilogue != nullptr) {
-    epilogue->probe += ApplyEpilogue(rows, count, channels, epilogue->scale, epilogue->shift,
-                                     epilogue->negative_slope);
+    ApplyEpilogue(rows, count, channels, epilogue->scale, epilogue->shift,
+                  epilogue->negative_slope);
   }
   on_rows(rows, count);
 }
