@@ -7,10 +7,14 @@ its weights carry the Keras names and shapes (``kernel``, ``gamma``, ``beta``,
 ``fuse_model()`` converts an existing trained model.
 
 The implementation is picked at call time (``impl="auto"``: native unless the call is
-traced for XLA or the compute dtype is not float32); ``layer.last_impl`` says which ran.
-Under mixed precision ("mixed_float16"/"mixed_bfloat16") ``impl="auto"``/``"tf"`` runs the
-convolution in the compute dtype and the batch norm in float32, as Keras does;
-``impl="native"`` casts to float32 and runs the native op.
+traced for XLA, or the native op is slower or absent for the compute dtype);
+``layer.last_impl`` says which ran: "native", "native-bf16" or "tf".
+Under "mixed_bfloat16" the native op runs on bf16 activations (kernels for CPUs with
+AVX512-BF16, ``pyae.ops.bf16_info()``): outputs in bfloat16, variables, statistics and the
+batch norm in float32, as Keras computes its layers under that policy. Elsewhere under mixed
+precision ("mixed_float16", or a CPU without the bf16 kernels) ``impl="auto"``/``"tf"`` runs
+the convolution in the compute dtype and the batch norm in float32, as Keras does, and
+``impl="native"`` casts to float32 and runs the float32 native op.
 """
 import keras
 import tensorflow as tf
@@ -69,6 +73,11 @@ def _check_op_params(epsilon, negative_slope):
     """The kernels' own rule (pyae.ops.geometry asks the native contract)."""
     geometry.check_op_params(epsilon, negative_slope)
     return float(epsilon), float(negative_slope)
+
+
+def _has_bf16_kernels():
+    """True when the native op runs bf16 activations here (pyae.ops.bf16_info())."""
+    return pyae_ops.native_available() and pyae_ops.bf16_info()["path"] != "none"
 
 
 # --------------------------------------------------------------------------- layers
@@ -193,8 +202,8 @@ class _FusedConvBNLeakyReLUBase(keras.layers.Layer):
     def call(self, inputs, training=None):
         use_batch_stats = bool(training) and self.trainable
         impl = self._resolve_impl()
-        if impl == "tf" and self.compute_dtype in _HALF_DTYPES:
-            y, mean, variance = self._half_precision_tf(inputs, use_batch_stats)
+        if impl in ("tf", "native-bf16") and self.compute_dtype in _HALF_DTYPES:
+            y, mean, variance = self._mixed_precision(inputs, use_batch_stats, impl)
         else:
             y, mean, variance = self._fused_float(inputs, use_batch_stats, impl)
         if use_batch_stats:
@@ -203,6 +212,11 @@ class _FusedConvBNLeakyReLUBase(keras.layers.Layer):
         return y
 
     def _resolve_impl(self):
+        """"native", "native-bf16" (the native op on bf16 activations) or "tf"."""
+        if self.compute_dtype == "bfloat16" and self.impl == "auto":
+            return "native-bf16" if pyae_ops.resolve_impl("auto", "bfloat16") == "native" else "tf"
+        if self.compute_dtype == "bfloat16" and self.impl == "native" and _has_bf16_kernels():
+            return "native-bf16"
         if self.compute_dtype in _HALF_DTYPES and self.impl != "native":
             return "tf"  # Keras-style mixed precision: conv in half, batch norm in float32
         dtype = "float32" if self.compute_dtype in _HALF_DTYPES else self.compute_dtype
@@ -221,29 +235,18 @@ class _FusedConvBNLeakyReLUBase(keras.layers.Layer):
         )
         return tf.cast(result.y, self.compute_dtype), result.mean, result.variance
 
-    def _convolve(self, inputs, kernel):
-        if self.transpose:
-            return keras.ops.conv_transpose(
-                inputs, kernel, strides=self.strides, padding=self.padding,
-                data_format="channels_last",
-            )
-        return keras.ops.conv(
-            inputs, kernel, strides=self.strides, padding=self.padding,
-            data_format="channels_last",
-        )
-
-    def _half_precision_tf(self, inputs, use_batch_stats):
-        """As Keras under mixed precision: conv in the compute dtype, batch norm in float32."""
-        z = self._convolve(inputs, tf.cast(self.kernel, self.compute_dtype))
-        z = tf.cast(z, tf.float32)
-        if use_batch_stats:
-            mean, variance = tf.nn.moments(z, axes=[0, 1, 2])
-        else:
-            mean, variance = self.moving_mean, self.moving_variance
+    def _mixed_precision(self, inputs, use_batch_stats, impl):
+        """As Keras under mixed precision: activations in the compute dtype, the kernel,
+        batch norm and statistics in float32 (the native bf16 op, or the composite ops)."""
         gamma, beta = self._scale_and_offset(tf.float32)
-        normalized = tf.nn.batch_normalization(z, mean, variance, beta, gamma, self.epsilon)
-        y = tf.nn.leaky_relu(tf.cast(normalized, self.compute_dtype), alpha=self.negative_slope)
-        return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
+        result = pyae_ops.fused_conv_bn_leaky_relu(
+            tf.cast(inputs, self.compute_dtype), self.kernel, gamma, beta,
+            self.moving_mean, self.moving_variance,
+            strides=self.strides, padding=self.padding, epsilon=self.epsilon,
+            negative_slope=self.negative_slope, training=use_batch_stats,
+            transpose=self.transpose, impl="native" if impl == "native-bf16" else "tf",
+        )
+        return result
 
     def _update_moving_statistics(self, mean, variance):
         keep = self.momentum

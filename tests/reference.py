@@ -95,6 +95,23 @@ def forward(x, kernel, gamma, beta, moving_mean, moving_variance, strides=(1, 1)
 def backward(dy, x, kernel, gamma, beta, moving_mean, moving_variance, strides=(1, 1),
              padding="same", epsilon=1e-3, negative_slope=0.3, training=False, transpose=False):
     """Returns dx, dkernel, dgamma, dbeta of sum(dy * y)."""
+    geo, dz, dgamma, dbeta = batch_norm_backward(
+        dy, x, kernel, gamma, beta, moving_mean, moving_variance, strides, padding, epsilon,
+        negative_slope, training, transpose)
+    x = np.float64(x)
+    if transpose:
+        dx = geo.conv(dz, kernel)
+        dkernel = geo.matrix_grad(dz, x)
+    else:
+        dx = geo.conv_adjoint(dz, kernel)
+        dkernel = geo.matrix_grad(x, dz)
+    return dx, dkernel, dgamma, dbeta
+
+
+def batch_norm_backward(dy, x, kernel, gamma, beta, moving_mean, moving_variance, strides=(1, 1),
+                        padding="same", epsilon=1e-3, negative_slope=0.3, training=False,
+                        transpose=False):
+    """Returns the geometry, dz (the gradient at the conv's output), dgamma and dbeta."""
     _, _, variance, cache = forward(x, kernel, gamma, beta, moving_mean, moving_variance,
                                     strides, padding, epsilon, negative_slope, training, transpose)
     geo, xhat, u = cache["geo"], cache["xhat"], cache["u"]
@@ -107,11 +124,4 @@ def backward(dy, x, kernel, gamma, beta, moving_mean, moving_variance, strides=(
         dz = gamma * rstd * (du - dbeta / count - xhat * dgamma / count)
     else:
         dz = gamma * rstd * du
-    x = np.float64(x)
-    if transpose:
-        dx = geo.conv(dz, kernel)
-        dkernel = geo.matrix_grad(dz, x)
-    else:
-        dx = geo.conv_adjoint(dz, kernel)
-        dkernel = geo.matrix_grad(x, dz)
-    return dx, dkernel, dgamma, dbeta
+    return geo, dz, dgamma, dbeta

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "conv_geometry.h"
+#include "fused_bf16.h"
 #include "fused_conv_bn_lrelu.h"
 #include "isa.h"
 #include "parallel.h"
@@ -20,6 +21,8 @@
 
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+// bfloat16 values as their bits (numpy: ml_dtypes.bfloat16 arrays viewed as uint16).
+using Bf16Array = py::array_t<uint16_t, py::array::c_style>;
 
 namespace {
 
@@ -157,6 +160,54 @@ py::tuple Backward(const FloatArray& dy, const FloatArray& x, const FloatArray& 
   return py::make_tuple(dx, dkernel, dgamma, dbeta);
 }
 
+// The bf16 convolutions alone (fused_bf16.h), for the kernel tests: x's conv (or, transposed,
+// its conv^T) with the kernel rounded to bf16, in float32.
+FloatArray ConvBf16(const Bf16Array& x, const FloatArray& kernel,
+                    std::pair<int64_t, int64_t> strides, const std::string& padding,
+                    bool transpose) {
+  const std::vector<int64_t> x_shape(x.shape(), x.shape() + x.ndim());
+  if (x.ndim() != 4) throw py::value_error("x must have rank 4");
+  auto params = MakeParams(FloatArray(x_shape), kernel, strides, padding, 1e-3f, 0.3f, false,
+                           transpose);
+  const pyae::ConvGeometry& g = params.geometry;
+  FloatArray z = Poisoned(ZShape(g));
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = transpose ? pyae::ConvTransposeBf16(g, DefaultRuntime(), x.data(), kernel.data(),
+                                              z.mutable_data())
+                    : pyae::ConvBf16(g, DefaultRuntime(), x.data(), kernel.data(),
+                                     z.mutable_data());
+  }
+  RaiseIfFailed(err);
+  return z;
+}
+
+// The filter gradient patches(big)^T x small in float32, shaped like `kernel_shape`.
+FloatArray FilterGradBf16(const Bf16Array& big, const Bf16Array& small,
+                          std::vector<int64_t> kernel_shape, std::pair<int64_t, int64_t> strides,
+                          const std::string& padding) {
+  if (big.ndim() != 4 || small.ndim() != 4 || kernel_shape.size() != 4) {
+    throw py::value_error("big, small and kernel_shape must have rank 4");
+  }
+  const std::vector<int64_t> big_shape(big.shape(), big.shape() + 4);
+  auto params = MakeParams(FloatArray(big_shape), FloatArray(kernel_shape), strides, padding,
+                           1e-3f, 0.3f, false, false);
+  const pyae::ConvGeometry& g = params.geometry;
+  if (std::vector<int64_t>(small.shape(), small.shape() + 4) != ZShape(g)) {
+    throw py::value_error("small must have the conv's output shape");
+  }
+  FloatArray dfilter = Poisoned(kernel_shape);
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = pyae::FilterGradBf16(g, DefaultRuntime(), big.data(), small.data(),
+                               dfilter.mutable_data());
+  }
+  RaiseIfFailed(err);
+  return dfilter;
+}
+
 py::dict BuildInfo() {
   py::dict info;
   info["cpu_kernels"] = true;
@@ -169,6 +220,7 @@ py::dict BuildInfo() {
   info["compiler"] = PYAE_COMPILER;
   info["compile_flags"] = PYAE_COMPILE_FLAGS;
   info["isa"] = pyae::IsaName(pyae::ActiveIsa().isa);
+  info["bf16"] = pyae::Bf16PathName(pyae::ActiveBf16Path().path);
   return info;
 }
 
@@ -199,6 +251,13 @@ PYBIND11_MODULE(_native, m) {
         "Length of the op's output along one axis (the kernel contract's geometry).");
   m.def("check_op_params", &CheckOpParams, py::arg("epsilon"), py::arg("negative_slope"),
         "'' when the kernels accept epsilon and negative_slope, else the reason.");
+  m.def("conv_bf16", &ConvBf16, py::arg("x"), py::arg("kernel"),
+        py::arg("strides") = std::pair<int64_t, int64_t>{1, 1}, py::arg("padding") = "same",
+        py::arg("transpose") = false,
+        "z = conv(x, kernel) (conv^T when transposed) on bf16 bits, float32 result.");
+  m.def("filter_grad_bf16", &FilterGradBf16, py::arg("big"), py::arg("small"),
+        py::arg("kernel_shape"), py::arg("strides") = std::pair<int64_t, int64_t>{1, 1},
+        py::arg("padding") = "same", "patches(big)^T x small on bf16 bits, float32 result.");
   m.def("build_info", &BuildInfo);
   m.def("set_isa", &SetIsa, py::arg("isa"),
         "Runs the kernels on path 'avx512', 'avx2', 'generic' or 'auto' (the best here).");

@@ -94,3 +94,35 @@ REGISTER_OP("PyaeFusedConvBnLeakyReluGrad")
     .PYAE_FUSED_ATTRS
     .SetShapeFn(pyae::GradShape)
     .Doc("Gradient of PyaeFusedConvBnLeakyRelu with respect to x, kernel, gamma and beta.");
+
+// Mixed precision (fused_bf16.h): bf16 activations, float32 kernel, parameters and statistics.
+REGISTER_OP("PyaeFusedConvBnLeakyReluBf16")
+    .Input("x: bfloat16")
+    .Input("kernel: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Input("moving_mean: float")
+    .Input("moving_variance: float")
+    .Output("y: bfloat16")
+    .Output("mean: float")
+    .Output("variance: float")
+    .PYAE_FUSED_ATTRS
+    .SetShapeFn(pyae::ForwardShape)
+    .Doc("PyaeFusedConvBnLeakyRelu on bfloat16 x and y, float32 accumulation and statistics.");
+
+REGISTER_OP("PyaeFusedConvBnLeakyReluBf16Grad")
+    .Input("dy: bfloat16")
+    .Input("x: bfloat16")
+    .Input("kernel: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Input("y: bfloat16")
+    .Input("mean: float")
+    .Input("variance: float")
+    .Output("dx: bfloat16")
+    .Output("dkernel: float")
+    .Output("dgamma: float")
+    .Output("dbeta: float")
+    .PYAE_FUSED_ATTRS
+    .SetShapeFn(pyae::GradShape)
+    .Doc("Gradient of PyaeFusedConvBnLeakyReluBf16 with respect to x, kernel, gamma and beta.");

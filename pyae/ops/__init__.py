@@ -1,9 +1,10 @@
 """The fused Conv + BatchNorm + LeakyReLU op: native when built, pure TF otherwise."""
 from pyae.ops import _gradients  # noqa: F401  registers the native gradient by op name
-from pyae.ops._api import (IMPLS, SLOWER_THAN_TF_PATHS, FusedOutput, explain_impl,
+from pyae.ops._api import (HALF_DTYPES, IMPLS, SLOWER_THAN_TF_PATHS, FusedOutput, explain_impl,
                            fused_conv_bn_leaky_relu, in_xla_context, resolve_impl)
 from pyae.ops._build import build_info
-from pyae.ops._loader import FORCE_FALLBACK_ENV, ISA_ENV, ISA_NAMES, isa_info, load, set_isa
+from pyae.ops._loader import (FORCE_FALLBACK_ENV, ISA_ENV, ISA_NAMES, bf16_info, isa_info, load,
+                              set_isa)
 
 __all__ = [
     "FORCE_FALLBACK_ENV",
@@ -12,6 +13,8 @@ __all__ = [
     "ISA_NAMES",
     "SLOWER_THAN_TF_PATHS",
     "FusedOutput",
+    "HALF_DTYPES",
+    "bf16_info",
     "build_info",
     "explain_impl",
     "fused_conv_bn_leaky_relu",

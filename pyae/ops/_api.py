@@ -9,6 +9,9 @@ IMPLS = ("auto", "native", "tf")
 
 FusedOutput = collections.namedtuple("FusedOutput", ["y", "mean", "variance"])
 
+# Activation dtypes of mixed precision: the parameters and statistics stay float32.
+HALF_DTYPES = (tf.bfloat16, tf.float16)
+
 
 def in_xla_context():
     """True while tracing a function that XLA will compile (custom ops can't enter it)."""
@@ -27,24 +30,44 @@ SLOWER_THAN_TF_PATHS = {
 }
 
 
+# Under mixed_bfloat16, where the native bf16 op runs slower than the composite ops in the
+# compute dtype (Keras' own layers): none measured so far (bench/RESULTS.md, "Mixed precision").
+BF16_SLOWER_THAN_TF = None
+
+
+def _dtype_problem(dtype):
+    """Why the native op cannot compute in ``dtype``, or None."""
+    if dtype == tf.float32:
+        return None
+    if dtype == tf.bfloat16:
+        if _loader.load() is None or _loader.isa_info()["error"]:
+            return None  # the library's own problem is reported next
+        bf16 = _loader.bf16_info()
+        if bf16["path"] == "none":
+            return f"the native op has no bfloat16 kernels here: {bf16['reason']}"
+        return None
+    return f"the native op computes in float32 or bfloat16, got {dtype.name}"
+
+
 def explain_impl(impl="auto", dtype=tf.float32):
     """``(choice, reason)``: what ``impl`` resolves to ("native" or "tf") here, and why.
 
     ``impl="auto"`` picks the native op only where it is usable and beats the composite ops
-    on the CPU kernel path in use (``SLOWER_THAN_TF_PATHS`` lists where it does not).
-    Raises ValueError for ``impl="native"`` where the native op cannot run, and for any but
-    "tf" where ``PYAE_ISA`` forced a path that cannot run.
+    on the CPU kernel path in use (``SLOWER_THAN_TF_PATHS`` lists where it does not); in
+    bfloat16 where the CPU has the bf16 kernels (``bf16_info()``) and they beat the composite
+    ops in that dtype (``BF16_SLOWER_THAN_TF``). Raises ValueError for ``impl="native"`` where
+    the native op cannot run, and for any but "tf" where ``PYAE_ISA`` forced a path that
+    cannot run.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "tf":
         return "tf", "impl='tf' was requested"
-    native_problem = None
-    if tf.as_dtype(dtype) != tf.float32:
-        native_problem = f"the native op computes in float32, got {tf.as_dtype(dtype).name}"
-    elif in_xla_context():
+    dtype = tf.as_dtype(dtype)
+    native_problem = _dtype_problem(dtype)
+    if native_problem is None and in_xla_context():
         native_problem = "a custom op cannot run inside an XLA (jit_compile) function"
-    elif _loader.load() is None:
+    elif native_problem is None and _loader.load() is None:
         native_problem = _loader.fallback_reason()
     if native_problem is not None:
         if impl == "native":
@@ -53,12 +76,24 @@ def explain_impl(impl="auto", dtype=tf.float32):
     isa = _loader.isa_info()
     if isa["error"]:  # a path PYAE_ISA forced that cannot run: never a silent switch
         raise ValueError(f"pyae's native kernels cannot run: {isa['error']}")
+    if dtype == tf.bfloat16:
+        return _explain_bf16(impl)
     if impl == "native":
         return "native", f"impl='native' was requested (CPU kernel path {isa['active']})"
     slower = SLOWER_THAN_TF_PATHS.get(isa["active"])
     if slower is not None:
         return "tf", slower
     return "native", f"the native op beats the composite ops on the {isa['active']} path"
+
+
+def _explain_bf16(impl):
+    path = _loader.bf16_info()["path"]
+    if impl == "native":
+        return "native", f"impl='native' was requested (bf16 kernels {path})"
+    if BF16_SLOWER_THAN_TF is not None:
+        return "tf", BF16_SLOWER_THAN_TF
+    return "native", (f"the native bf16 op ({path}) beats the composite ops in bfloat16 "
+                      "(bench/RESULTS.md, 'Mixed precision')")
 
 
 def resolve_impl(impl, dtype=tf.float32):
@@ -100,14 +135,20 @@ def fused_conv_bn_leaky_relu(
 ):
     """``leaky_relu(batch_norm(conv(x, kernel)))`` as one op.
 
+    ``x`` in float32, or in bfloat16/float16 for mixed precision: then y has x's dtype, the
+    other arguments are cast to float32 and the statistics are float32, as Keras' layers
+    compute under a "mixed_*" policy (the native op has bf16 kernels on CPUs with
+    AVX512-BF16; otherwise, and for float16, the composite ops run).
+
     ``kernel`` is laid out as Keras stores it: ``(kh, kw, in, out)`` for a convolution,
     ``(kh, kw, out, in)`` for a transposed one. In training the batch statistics are used
     and returned (biased variance, as ``keras.ops.moments``); in inference the moving ones
     are. The returned statistics carry no gradient: they feed moving averages only.
     """
     x = tf.convert_to_tensor(x)
+    mixed = x.dtype in HALF_DTYPES
     kernel, gamma, beta, moving_mean, moving_variance = (
-        tf.convert_to_tensor(t, dtype=x.dtype)
+        tf.cast(t, tf.float32) if mixed else tf.convert_to_tensor(t, dtype=x.dtype)
         for t in (kernel, gamma, beta, moving_mean, moving_variance)
     )
     strides = geometry.normalize_pair(strides, "strides")
@@ -116,12 +157,16 @@ def fused_conv_bn_leaky_relu(
     _check_args(x, kernel, gamma, beta, moving_mean, moving_variance, transpose)
     training = bool(training)
     if resolve_impl(impl, x.dtype) == "tf":
-        return FusedOutput(*_fallback.fused_conv_bn_leaky_relu(
+        composite = _fallback.mixed_precision if mixed else _fallback.fused_conv_bn_leaky_relu
+        return FusedOutput(*composite(
             x, kernel, gamma, beta, moving_mean, moving_variance,
             strides=strides, padding=padding, epsilon=epsilon,
             negative_slope=negative_slope, training=training, transpose=transpose,
         ))
-    y, mean, variance = _loader.load().pyae_fused_conv_bn_leaky_relu(
+    library = _loader.load()
+    op = (library.pyae_fused_conv_bn_leaky_relu_bf16 if mixed
+          else library.pyae_fused_conv_bn_leaky_relu)
+    y, mean, variance = op(
         x, kernel, gamma, beta, moving_mean, moving_variance,
         strides=list(strides), padding=padding.upper(), epsilon=float(epsilon),
         negative_slope=float(negative_slope), is_training=training, transpose=transpose,

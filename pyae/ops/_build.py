@@ -22,6 +22,8 @@ def build_info():
     paths: ``built`` and ``supported`` by this CPU, best first, the ``active`` one, the
     ``reason`` it was picked, the ``error`` that stops the kernels, "" if none, and what
     ``impl="auto"`` picks on it and why as ``auto``),
+    ``bf16`` (mixed precision: the bf16 kernels' ``path``, "avx512bf16" or "none", the
+    ``reason``, and what ``impl="auto"`` picks in bfloat16 and why as ``auto``),
     ``native_module`` (the pybind11 module ``pyae._native``: its kernels and CUDA support),
     ``cuda`` and ``compile_flags`` as recorded by CMake.
     """
@@ -34,8 +36,12 @@ def build_info():
                "reason": "the native op library is not in use", "error": ""}
     if not isa["error"]:
         isa["auto"] = dict(zip(("impl", "reason"), _api.explain_impl("auto")))
+    bf16 = _loader.bf16_info() or {"path": "none", "reason": "the native op library is not in use"}
+    if not isa["error"]:
+        bf16["auto"] = dict(zip(("impl", "reason"), _api.explain_impl("auto", tf.bfloat16)))
     return {
         "isa": isa,
+        "bf16": bf16,
         "tf_ops": {
             "built": _loader.LIBRARY_PATH.exists(),
             "loaded": library is not None,

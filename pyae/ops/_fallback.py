@@ -38,3 +38,19 @@ def fused_conv_bn_leaky_relu(
     normalized = tf.nn.batch_normalization(z, mean, variance, beta, gamma, epsilon)
     y = tf.nn.leaky_relu(normalized, alpha=negative_slope)
     return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+def mixed_precision(
+    x, kernel, gamma, beta, moving_mean, moving_variance,
+    *, strides, padding, epsilon, negative_slope, training, transpose,
+):
+    """As Keras' three layers under a "mixed_*" policy: the conv in x's (half) dtype, batch
+    norm in float32 (gamma, beta and the statistics float32), LeakyReLU in x's dtype."""
+    z = tf.cast(conv(x, tf.cast(kernel, x.dtype), strides, padding, transpose), tf.float32)
+    if training:
+        mean, variance = tf.nn.moments(z, axes=[0, 1, 2])
+    else:
+        mean, variance = moving_mean, moving_variance
+    normalized = tf.nn.batch_normalization(z, mean, variance, beta, gamma, epsilon)
+    y = tf.nn.leaky_relu(tf.cast(normalized, x.dtype), alpha=negative_slope)
+    return y, tf.stop_gradient(mean), tf.stop_gradient(variance)

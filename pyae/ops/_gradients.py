@@ -4,16 +4,15 @@ import tensorflow as tf
 from pyae.ops import _loader
 
 FORWARD_OP = "PyaeFusedConvBnLeakyRelu"
+BF16_FORWARD_OP = "PyaeFusedConvBnLeakyReluBf16"
 
 
-@tf.RegisterGradient(FORWARD_OP)
-def _fused_conv_bn_leaky_relu_grad(op, grad_y, _grad_mean, _grad_variance):
+def _grad(grad_op, op, grad_y):
     # The mean/variance outputs feed moving averages only (the Python wrapper stops their
     # gradient), so their incoming gradients are ignored.
     x, kernel, gamma, beta = op.inputs[0], op.inputs[1], op.inputs[2], op.inputs[3]
     y, mean, variance = op.outputs
-    library = _loader.load()
-    grad_x, grad_kernel, grad_gamma, grad_beta = library.pyae_fused_conv_bn_leaky_relu_grad(
+    grad_x, grad_kernel, grad_gamma, grad_beta = grad_op(
         grad_y, x, kernel, gamma, beta, y, mean, variance,
         strides=op.get_attr("strides"),
         padding=op.get_attr("padding"),
@@ -23,3 +22,13 @@ def _fused_conv_bn_leaky_relu_grad(op, grad_y, _grad_mean, _grad_variance):
         transpose=op.get_attr("transpose"),
     )
     return grad_x, grad_kernel, grad_gamma, grad_beta, None, None
+
+
+@tf.RegisterGradient(FORWARD_OP)
+def _fused_conv_bn_leaky_relu_grad(op, grad_y, _grad_mean, _grad_variance):
+    return _grad(_loader.load().pyae_fused_conv_bn_leaky_relu_grad, op, grad_y)
+
+
+@tf.RegisterGradient(BF16_FORWARD_OP)
+def _fused_conv_bn_leaky_relu_bf16_grad(op, grad_y, _grad_mean, _grad_variance):
+    return _grad(_loader.load().pyae_fused_conv_bn_leaky_relu_bf16_grad, op, grad_y)

@@ -108,7 +108,8 @@ def _isa_functions():
         library = ctypes.CDLL(str(LIBRARY_PATH))
         for name, argtypes in (("pyae_select_isa", [ctypes.c_char_p, ctypes.c_char_p,
                                                     ctypes.c_int64]),
-                               ("pyae_isa_info", [ctypes.c_char_p, ctypes.c_int64])):
+                               ("pyae_isa_info", [ctypes.c_char_p, ctypes.c_int64]),
+                               ("pyae_bf16_info", [ctypes.c_char_p, ctypes.c_int64])):
             getattr(library, name).argtypes = argtypes
             getattr(library, name).restype = ctypes.c_int64
         _state["isa"] = library
@@ -136,6 +137,17 @@ def isa_info():
     for key in ("built", "supported"):
         fields[key] = [name for name in fields[key].split(",") if name]
     return fields
+
+
+def bf16_info():
+    """The bf16 kernels (mixed precision): ``path`` ("avx512bf16", or "none" where this build,
+    the CPU or the float32 path in use rules them out) and ``reason``; None without the
+    library. They follow the float32 path: forcing avx2 or generic turns them off."""
+    functions = _isa_functions()
+    if functions is None:
+        return None
+    path, _, reason = _call_text(functions.pyae_bf16_info).partition("\n")
+    return {"path": path, "reason": reason}
 
 
 def set_isa(name):

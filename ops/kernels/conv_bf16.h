@@ -1,0 +1,136 @@
+// The AVX512-BF16 convolutions (namespace pyae::avx512bf16): im2col into bf16 rows and a GEMM
+// on vdpbf16ps with float32 accumulators. vdpbf16ps adds, to each float32 lane, the products
+// of one *pair* of bf16 values, so the reduction axis is consumed two at a time: the left
+// operand's rows hold the pairs next to each other (a row-major matrix with an even row
+// length, a zero after an odd one), and the right one is packed with the two rows of each
+// pair interleaved column by column (PairPacked). Pairs are broadcast to every lane as one
+// 32-bit value. Odd reduction lengths (a 1- or 3-channel image's patch) pad one zero.
+// Compiled only into fused_bf16.cc's target region; include after the standard headers.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "conv_geometry.h"
+#include "fused_bf16.h"
+
+namespace pyae {
+namespace avx512bf16 {
+
+// float32 -> bf16, rounded to nearest even (as TensorFlow's cast); NaN stays a quiet NaN.
+inline Bf16 RoundToBf16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<Bf16>((bits >> 16) | 0x40);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<Bf16>(bits >> 16);
+}
+
+// Uninitialised bf16 storage, fully written before it is read.
+class Bf16Buffer {
+ public:
+  void Reserve(int64_t size) {
+    if (size > capacity_) {
+      data_.reset(new Bf16[size]);
+      capacity_ = size;
+    }
+  }
+  Bf16* data() { return data_.get(); }
+
+ private:
+  std::unique_ptr<Bf16[]> data_;
+  int64_t capacity_ = 0;
+};
+
+// A [rows, cols] matrix (rows: the reduction axis) as the GEMM's right operand: column blocks
+// of at most 64, each padded to a multiple of 16 columns and stored [rows / 2][width][2] with
+// the rows of each pair interleaved; an odd last row is paired with zeros.
+class PairPacked {
+ public:
+  void Reset(int64_t rows, int64_t cols);
+  // Packs matrix(row, col) (a float, rounded to bf16).
+  template <typename Matrix>
+  void Fill(int64_t rows, int64_t cols, Matrix matrix);
+  // Packs the bf16 rows of a row-major [rows, cols] matrix (row r at rows_data + r * ld).
+  void FillRows(const Bf16* rows_data, int64_t rows, int64_t cols, int64_t ld);
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t pairs() const { return (rows_ + 1) / 2; }
+  int64_t num_blocks() const { return (cols_ + kBlockCols - 1) / kBlockCols; }
+  int64_t block_col(int64_t b) const { return b * kBlockCols; }
+  int64_t block_width(int64_t b) const {
+    return cols_ - block_col(b) < kBlockCols ? cols_ - block_col(b) : kBlockCols;
+  }
+  int64_t block_stride(int64_t b) const { return (block_width(b) + 15) / 16 * 16; }
+  const Bf16* block(int64_t b) const { return data_.data() + offsets_[b]; }
+  Bf16* block(int64_t b) { return data_.data() + offsets_[b]; }
+
+  static constexpr int64_t kBlockCols = 64;
+
+ private:
+  int64_t rows_ = 0, cols_ = 0;
+  std::vector<int64_t> offsets_;
+  std::vector<Bf16> data_;
+};
+
+// c[m, cols] (+)= a[m, 2 * b.pairs()] x b, a's rows `lda` apart (a zero after an odd length).
+void GemmBf16(int64_t m, const Bf16* a, int64_t lda, const PairPacked& b, float* c, int64_t ldc,
+              bool accumulate);
+
+// Rows of im2col for small pixels [first, first + rows): cols[r, ld], zero where padded and
+// in the columns past the patch.
+void Im2ColBf16(const ConvGeometry& g, const Bf16* big, int64_t first, int64_t rows,
+                int64_t ld, Bf16* cols);
+
+template <typename Matrix>
+void PairPacked::Fill(int64_t rows, int64_t cols, Matrix matrix) {
+  Reset(rows, cols);
+  for (int64_t b = 0; b < num_blocks(); ++b) {
+    Bf16* to = block(b);
+    const int64_t stride = block_stride(b);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < block_width(b); ++c) {
+        to[((r / 2) * stride + c) * 2 + r % 2] = RoundToBf16(matrix(r, block_col(b) + c));
+      }
+    }
+  }
+}
+
+// Per-task scratch of the three convolutions.
+struct ConvScratch {
+  Bf16Buffer cols, rows;
+  std::vector<float> floats;
+  PairPacked packed;
+};
+
+// small rows of images [first, end) = conv(big) (whole-batch layout); `filter` packs the
+// [patch, small_c] filter matrix.
+void ConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter, int64_t first,
+                int64_t end, ConvScratch* scratch, float* small);
+
+// big images [first, end) = conv^T(small) (zeroed first); `filter_t` packs the filter matrix
+// transposed, [small_c, patch].
+void ConvTransposeImages(const ConvGeometry& g, const Bf16* small, const PairPacked& filter_t,
+                         int64_t first, int64_t end, ConvScratch* scratch, float* big);
+
+// dfilter_t[small_c, patch] += small^T x patches(big), over images [first, end).
+void FilterGradImages(const ConvGeometry& g, const Bf16* big, const Bf16* small, int64_t first,
+                      int64_t end, ConvScratch* scratch, float* dfilter_t);
+
+// The filter matrix [patch, small_c] packed as it is / transposed.
+void PackFilter(const ConvGeometry& g, const float* filter, PairPacked* packed);
+void PackFilterTransposed(const ConvGeometry& g, const float* filter, PairPacked* packed);
+
+// bf16 <-> float32 for n values (round to nearest even; NaN stays NaN).
+void ToBf16(const float* in, int64_t n, Bf16* out);
+void ToFloat(const Bf16* in, int64_t n, float* out);
+
+// Small pixels per im2col tile, even (so the filter gradient's pixel pairs never straddle
+// tiles): the tile's patch rows stay in L2.
+int64_t TileRows(int64_t row_length);
+
+}  // namespace avx512bf16
+}  // namespace pyae

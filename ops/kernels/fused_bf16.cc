@@ -1,0 +1,416 @@
+// The fused op on bf16 activations (fused_bf16.h) with the AVX512-BF16 convolutions of
+// conv_bf16.cc: statistics, affine terms and the backward's reductions in float32 / double.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bf16_isa.h"
+#include "conv_bf16.h"
+#include "scratch.h"
+
+#include "bf16_target.h"  // after every other include
+
+namespace pyae {
+namespace avx512bf16 {
+namespace {
+
+// Image blocks, a few per thread (as the float32 kernels split the batch).
+struct ImageBlocks {
+  std::vector<int64_t> bounds;
+  int64_t count() const { return static_cast<int64_t>(bounds.size()) - 1; }
+  int64_t begin(int64_t b) const { return bounds[b]; }
+  int64_t end(int64_t b) const { return bounds[b + 1]; }
+};
+
+ImageBlocks MakeBlocks(int64_t batch, const Runtime& runtime) {
+  constexpr int64_t kBlocksPerThread = 4;
+  const int64_t wanted = std::max<int64_t>(1, kBlocksPerThread * runtime.num_threads);
+  const int64_t size = (batch + wanted - 1) / wanted;
+  ImageBlocks blocks{{0}};
+  for (int64_t image = 0; image < batch;) {
+    image = std::min(batch, image + size);
+    blocks.bounds.push_back(image);
+  }
+  return blocks;
+}
+
+// The filter in the layout each conv direction needs, packed (and rounded) once per call.
+struct Filters {
+  PairPacked as_is;       // [patch, small_c]: small = conv(big)
+  PairPacked transposed;  // [small_c, patch]: big = conv^T(small)
+};
+
+// z (float32, whole-batch layout) for images [first, end): the conv from x, or for a
+// transposed op the adjoint from x.
+void ComputeZ(const ConvGeometry& g, const Filters& filters, const Bf16* x, int64_t first,
+              int64_t end, ConvScratch* scratch, float* z) {
+  if (g.transpose) {
+    ConvTransposeImages(g, x, filters.transposed, first, end, scratch, z);
+  } else {
+    ConvImages(g, x, filters.as_is, first, end, scratch, z);
+  }
+}
+
+// Rows are summed in float over short runs and the runs in double (as the float32 kernels).
+constexpr int64_t kRunRows = 64;
+
+void AccumulateMoments(const float* __restrict z, int64_t rows, int64_t channels, double* sum,
+                       double* sum_sq) {
+  std::vector<float> run(2 * channels);
+  float* __restrict rs = run.data();
+  float* __restrict rq = rs + channels;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRunRows) {
+    std::fill(run.begin(), run.end(), 0.0f);
+    for (int64_t r = r0; r < std::min(rows, r0 + kRunRows); ++r) {
+      const float* __restrict row = z + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        rs[c] += row[c];
+        rq[c] += row[c] * row[c];
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      sum[c] += rs[c];
+      sum_sq[c] += rq[c];
+    }
+  }
+}
+
+// y = bf16(leaky_relu(z * scale + shift)) for `rows` rows.
+void ApplyEpilogue(const float* z, int64_t rows, int64_t channels, const float* __restrict scale,
+                   const float* __restrict shift, float slope, Bf16* y) {
+  std::vector<float> buffer(channels);
+  float* __restrict u = buffer.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict row = z + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = row[c] * scale[c] + shift[c];
+      u[c] = v > 0.0f ? v : v * slope;
+    }
+    ToBf16(u, channels, y + r * channels);
+  }
+}
+
+template <typename T>
+void SumPartials(const std::vector<T>& partials, int64_t count, int64_t length, T* out) {
+  for (int64_t i = 0; i < length; ++i) out[i] = 0;
+  for (int64_t b = 0; b < count; ++b) {
+    for (int64_t i = 0; i < length; ++i) out[i] += partials[b * length + i];
+  }
+}
+
+std::string CheckFinite(const char* name, const float* values, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(values[i])) {
+      std::ostringstream err;
+      err << name << " contains NaN or Inf (element " << i << " is " << values[i] << ")";
+      return err.str();
+    }
+  }
+  return "";
+}
+
+// The parameter checks of the float32 kernels (fused_conv_bn_lrelu.cc), same messages.
+std::string CheckParameters(const FusedParams& p, const float* kernel, const float* gamma,
+                            const float* beta) {
+  const ConvGeometry& g = p.geometry;
+  std::string err = CheckOpParams(p.epsilon, p.negative_slope);
+  if (err.empty()) err = CheckFinite("kernel", kernel, g.patch_size() * g.small_c);
+  if (err.empty()) err = CheckFinite("gamma", gamma, g.z_channels());
+  if (err.empty()) err = CheckFinite("beta", beta, g.z_channels());
+  return err;
+}
+
+std::string CheckMovingStatistics(const FusedParams& p, const float* mean, const float* variance) {
+  const int64_t channels = p.geometry.z_channels();
+  std::string err = CheckFinite("moving_mean", mean, channels);
+  if (err.empty()) err = CheckFinite("moving_variance", variance, channels);
+  if (!err.empty()) return err;
+  for (int64_t c = 0; c < channels; ++c) {
+    if (!(variance[c] + p.epsilon > 0.0f)) {
+      std::ostringstream out;
+      out << "moving_variance + epsilon must be > 0 (element " << c << " is " << variance[c]
+          << ", epsilon " << p.epsilon << ")";
+      return out.str();
+    }
+  }
+  return "";
+}
+
+// z for the whole batch, in parallel over image blocks.
+void ComputeAllZ(const ConvGeometry& g, const Runtime& runtime, const ImageBlocks& blocks,
+                 const Filters& filters, const Bf16* x, float* z) {
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    ConvScratch scratch;
+    ComputeZ(g, filters, x, blocks.begin(b), blocks.end(b), &scratch, z);
+  });
+}
+
+void PackForward(const ConvGeometry& g, const float* kernel, Filters* filters) {
+  if (g.transpose) {
+    PackFilterTransposed(g, kernel, &filters->transposed);
+  } else {
+    PackFilter(g, kernel, &filters->as_is);
+  }
+}
+
+std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
+                    const float* kernel, const float* gamma, const float* beta,
+                    const float* moving_mean, const float* moving_variance, Bf16* y,
+                    float* mean_out, float* variance_out) {
+  const ConvGeometry& g = p.geometry;
+  std::string err = CheckParameters(p, kernel, gamma, beta);
+  if (err.empty() && !p.training) err = CheckMovingStatistics(p, moving_mean, moving_variance);
+  if (!err.empty()) return err;
+  const int64_t channels = g.z_channels();
+  const int64_t pixels = g.z_pixels();
+  Filters filters;
+  PackForward(g, kernel, &filters);
+  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  Scratch z(g.batch * pixels * channels);
+  ComputeAllZ(g, runtime, blocks, filters, x, z.data());
+  if (p.training) {
+    std::vector<double> moments(blocks.count() * channels * 2, 0.0);
+    runtime.run_tasks(blocks.count(), [&](int64_t b) {
+      double* sum = moments.data() + b * channels * 2;
+      AccumulateMoments(z.data() + blocks.begin(b) * pixels * channels,
+                        (blocks.end(b) - blocks.begin(b)) * pixels, channels, sum,
+                        sum + channels);
+    });
+    std::vector<double> totals(channels * 2);
+    SumPartials(moments, blocks.count(), channels * 2, totals.data());
+    const double count = static_cast<double>(g.batch * pixels);
+    for (int64_t c = 0; c < channels; ++c) {
+      const double mean = totals[c] / count;
+      mean_out[c] = static_cast<float>(mean);
+      variance_out[c] = static_cast<float>(std::max(totals[channels + c] / count - mean * mean, 0.0));
+    }
+  } else {
+    std::memcpy(mean_out, moving_mean, sizeof(float) * channels);
+    std::memcpy(variance_out, moving_variance, sizeof(float) * channels);
+  }
+  std::vector<float> scale(channels), shift(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    scale[c] = gamma[c] / std::sqrt(variance_out[c] + p.epsilon);
+    shift[c] = beta[c] - mean_out[c] * scale[c];
+  }
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    const int64_t offset = blocks.begin(b) * pixels * channels;
+    ApplyEpilogue(z.data() + offset, (blocks.end(b) - blocks.begin(b)) * pixels, channels,
+                  scale.data(), shift.data(), p.negative_slope, y + offset);
+  });
+  return "";
+}
+
+// Per channel: rstd = 1 / sqrt(var + eps) and dz = dz_du * du + dz_bias + dz_xhat * xhat.
+struct ChannelTerms {
+  std::vector<float> mean, rstd, dz_du, dz_bias, dz_xhat;
+};
+
+// du and xhat of `rows` rows from y, dy (bf16) and the recomputed z.
+struct Preactivation {
+  const Bf16* y;
+  const Bf16* dy;
+  const float* z;
+  const ChannelTerms* terms;
+  float slope;
+
+  // du[c], xhat[c] of row `row`; `buffer` holds 2 * channels floats for the conversions.
+  void Row(int64_t row, int64_t channels, float* __restrict buffer, float* __restrict du,
+           float* __restrict xhat) const {
+    float* __restrict y_row = buffer;
+    float* __restrict dy_row = buffer + channels;
+    ToFloat(y + row * channels, channels, y_row);
+    ToFloat(dy + row * channels, channels, dy_row);
+    const float* __restrict z_row = z + row * channels;
+    const float* __restrict mean = terms->mean.data();
+    const float* __restrict rstd = terms->rstd.data();
+    const float negative_slope = slope;
+    for (int64_t c = 0; c < channels; ++c) {
+      du[c] = dy_row[c] * (y_row[c] > 0.0f ? 1.0f : negative_slope);
+      xhat[c] = (z_row[c] - mean[c]) * rstd[c];
+    }
+  }
+};
+
+void AccumulateGradSums(const Preactivation& pre, int64_t first_row, int64_t rows,
+                        int64_t channels, double* sum_du, double* sum_du_xhat) {
+  std::vector<float> buffer(channels * 6);
+  float* __restrict du = buffer.data() + 2 * channels;
+  float* __restrict xhat = du + channels;
+  float* __restrict run_du = xhat + channels;
+  float* __restrict run_du_xhat = run_du + channels;
+  for (int64_t r0 = first_row; r0 < first_row + rows; r0 += kRunRows) {
+    std::fill(run_du, run_du + 2 * channels, 0.0f);
+    for (int64_t r = r0; r < std::min(first_row + rows, r0 + kRunRows); ++r) {
+      pre.Row(r, channels, buffer.data(), du, xhat);
+      for (int64_t c = 0; c < channels; ++c) {
+        run_du[c] += du[c];
+        run_du_xhat[c] += du[c] * xhat[c];
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      sum_du[c] += run_du[c];
+      sum_du_xhat[c] += run_du_xhat[c];
+    }
+  }
+}
+
+// dz (rounded to bf16) of `rows` rows from first_row.
+void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_t channels,
+               Bf16* dz) {
+  const float* __restrict dz_du = pre.terms->dz_du.data();
+  const float* __restrict dz_bias = pre.terms->dz_bias.data();
+  const float* __restrict dz_xhat = pre.terms->dz_xhat.data();
+  std::vector<float> buffer(channels * 5);
+  float* __restrict du = buffer.data() + 2 * channels;
+  float* __restrict xhat = du + channels;
+  float* __restrict out = xhat + channels;
+  for (int64_t r = 0; r < rows; ++r) {
+    pre.Row(first_row + r, channels, buffer.data(), du, xhat);
+    for (int64_t c = 0; c < channels; ++c) {
+      out[c] = dz_du[c] * du[c] + dz_bias[c] + dz_xhat[c] * xhat[c];
+    }
+    ToBf16(out, channels, dz + r * channels);
+  }
+}
+
+// dx and this block's dfilter^T for images [first, end), from dz computed here.
+void BackwardBlock(const ConvGeometry& g, const Preactivation& pre, const Bf16* x,
+                   const Filters& dx_filters, int64_t first, int64_t end, Bf16* dx,
+                   float* dfilter_t) {
+  const int64_t channels = g.z_channels();
+  const int64_t z_rows = (end - first) * g.z_pixels();
+  std::vector<Bf16> dz_block(z_rows * channels);
+  ComputeDz(pre, first * g.z_pixels(), z_rows, channels, dz_block.data());
+  const Bf16* dz = dz_block.data() - first * g.z_pixels() * channels;
+  ConvScratch scratch;
+  // Transposed, z is the conv's big image; else x is.
+  FilterGradImages(g, g.transpose ? dz : x, g.transpose ? x : dz, first, end, &scratch,
+                   dfilter_t);
+  if (dx == nullptr) return;
+  const int64_t x_values = (end - first) * g.x_pixels() * g.x_channels();
+  std::vector<float> dx_block(x_values);
+  float* dx_rows = dx_block.data() - first * g.x_pixels() * g.x_channels();
+  if (g.transpose) {
+    ConvImages(g, dz, dx_filters.as_is, first, end, &scratch, dx_rows);
+  } else {
+    ConvTransposeImages(g, dz, dx_filters.transposed, first, end, &scratch, dx_rows);
+  }
+  ToBf16(dx_block.data(), x_values, dx + first * g.x_pixels() * g.x_channels());
+}
+
+std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* dy, const Bf16* x,
+                     const float* kernel, const float* gamma, const float* beta, const Bf16* y,
+                     const float* mean, const float* variance, Bf16* dx, float* dkernel,
+                     float* dgamma, float* dbeta) {
+  const ConvGeometry& g = p.geometry;
+  std::string err = CheckParameters(p, kernel, gamma, beta);
+  if (!err.empty()) return err;
+  const int64_t channels = g.z_channels();
+  const int64_t pixels = g.z_pixels();
+  ChannelTerms terms;
+  terms.mean.assign(mean, mean + channels);
+  terms.rstd.resize(channels);
+  for (int64_t c = 0; c < channels; ++c) terms.rstd[c] = 1.0f / std::sqrt(variance[c] + p.epsilon);
+  // z again from x: y in bf16 is too coarse to invert.
+  Filters forward;
+  PackForward(g, kernel, &forward);
+  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  Scratch z(g.batch * pixels * channels);
+  ComputeAllZ(g, runtime, blocks, forward, x, z.data());
+  const Preactivation pre{y, dy, z.data(), &terms, p.negative_slope};
+  std::vector<double> sums(blocks.count() * channels * 2, 0.0);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    double* sum_du = sums.data() + b * channels * 2;
+    AccumulateGradSums(pre, blocks.begin(b) * pixels, (blocks.end(b) - blocks.begin(b)) * pixels,
+                       channels, sum_du, sum_du + channels);
+  });
+  std::vector<double> totals(channels * 2);
+  SumPartials(sums, blocks.count(), channels * 2, totals.data());
+  const double count = static_cast<double>(g.batch * pixels);
+  terms.dz_du.resize(channels);
+  terms.dz_bias.resize(channels);
+  terms.dz_xhat.resize(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    dbeta[c] = static_cast<float>(totals[c]);
+    dgamma[c] = static_cast<float>(totals[channels + c]);
+    terms.dz_du[c] = gamma[c] * terms.rstd[c];
+    terms.dz_bias[c] = p.training ? static_cast<float>(-terms.dz_du[c] * totals[c] / count) : 0.f;
+    terms.dz_xhat[c] =
+        p.training ? static_cast<float>(-terms.dz_du[c] * totals[channels + c] / count) : 0.f;
+  }
+  // dx of a transposed op is a conv of dz; of a conv, the conv^T of dz.
+  Filters dx_filters;
+  if (dx != nullptr && g.transpose) PackFilter(g, kernel, &dx_filters.as_is);
+  if (dx != nullptr && !g.transpose) PackFilterTransposed(g, kernel, &dx_filters.transposed);
+  const int64_t patch = g.patch_size();
+  const int64_t kernel_size = patch * g.small_c;
+  std::vector<float> partials(blocks.count() * kernel_size, 0.0f);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    BackwardBlock(g, pre, x, dx_filters, blocks.begin(b), blocks.end(b), dx,
+                  partials.data() + b * kernel_size);
+  });
+  std::vector<float> dfilter_t(kernel_size);
+  SumPartials(partials, blocks.count(), kernel_size, dfilter_t.data());
+  for (int64_t k = 0; k < patch; ++k) {
+    for (int64_t c = 0; c < g.small_c; ++c) dkernel[k * g.small_c + c] = dfilter_t[c * patch + k];
+  }
+  return "";
+}
+
+void Conv(const ConvGeometry& g, const Runtime& runtime, const Bf16* big, const float* filter,
+          float* small) {
+  PairPacked packed;
+  PackFilter(g, filter, &packed);
+  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    ConvScratch scratch;
+    ConvImages(g, big, packed, blocks.begin(b), blocks.end(b), &scratch, small);
+  });
+}
+
+void ConvTranspose(const ConvGeometry& g, const Runtime& runtime, const Bf16* small,
+                   const float* filter, float* big) {
+  PairPacked packed;
+  PackFilterTransposed(g, filter, &packed);
+  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    ConvScratch scratch;
+    ConvTransposeImages(g, small, packed, blocks.begin(b), blocks.end(b), &scratch, big);
+  });
+}
+
+void FilterGrad(const ConvGeometry& g, const Runtime& runtime, const Bf16* big,
+                const Bf16* small, float* dfilter) {
+  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  const int64_t patch = g.patch_size();
+  const int64_t size = patch * g.small_c;
+  std::vector<float> partials(blocks.count() * size, 0.0f);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    ConvScratch scratch;
+    FilterGradImages(g, big, small, blocks.begin(b), blocks.end(b), &scratch,
+                     partials.data() + b * size);
+  });
+  std::vector<float> dfilter_t(size);
+  SumPartials(partials, blocks.count(), size, dfilter_t.data());
+  for (int64_t k = 0; k < patch; ++k) {
+    for (int64_t c = 0; c < g.small_c; ++c) dfilter[k * g.small_c + c] = dfilter_t[c * patch + k];
+  }
+}
+
+}  // namespace
+
+const Bf16Kernels& Kernels() {
+  static const Bf16Kernels kernels{&Forward, &Backward, &Conv, &ConvTranspose, &FilterGrad};
+  return kernels;
+}
+
+}  // namespace avx512bf16
+}  // namespace pyae
+
+#include "bf16_target_end.h"

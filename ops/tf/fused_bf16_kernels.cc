@@ -1,0 +1,100 @@
+// CPU OpKernels of the bf16 fused op and its gradient (fused_bf16.h): the same checks as the
+// float32 op (fused_op_base.h), then the bf16 kernels on the tensors' bits.
+#include <algorithm>
+#include <memory>
+#include <string>
+
+#include "fused_bf16.h"
+#include "fused_op_base.h"
+#include "parallel.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace pyae {
+namespace {
+
+using ::tensorflow::bfloat16;
+
+// bfloat16 tensors as the kernels' bits (Eigen's bfloat16 is the upper half of a float32).
+const Bf16* Bits(const Tensor& t) {
+  static_assert(sizeof(bfloat16) == sizeof(Bf16), "bfloat16 must be 16 bits");
+  return reinterpret_cast<const Bf16*>(t.flat<bfloat16>().data());
+}
+
+Bf16* MutableBits(Tensor* t) { return reinterpret_cast<Bf16*>(t->flat<bfloat16>().data()); }
+
+const float* Floats(const Tensor& t) { return t.flat<float>().data(); }
+
+// As fused_kernels.cc: the op's intra-op pool, the calling thread working too.
+std::unique_ptr<Crew> CrewFor(OpKernelContext* ctx) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return std::make_unique<Crew>(pool->NumThreads() - 1, [pool](std::function<void()> work) {
+    pool->Schedule(std::move(work));
+  });
+}
+
+class FusedBf16Op : public FusedOpBase {
+ public:
+  using FusedOpBase::FusedOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const std::unique_ptr<Crew> crew = CrewFor(ctx);
+    FusedParams params;
+    OP_REQUIRES_OK(ctx, CheckForwardInputs(ctx, &params));
+    const int64_t channels = params.geometry.z_channels();
+    Tensor *y, *mean, *variance;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ZShape(params.geometry), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({channels}), &mean));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({channels}), &variance));
+    const std::string err = FusedForwardBf16(
+        params, crew->AsRuntime(), Bits(ctx->input(0)), Floats(ctx->input(1)),
+        Floats(ctx->input(2)), Floats(ctx->input(3)), Floats(ctx->input(4)),
+        Floats(ctx->input(5)), MutableBits(y), mean->flat<float>().data(),
+        variance->flat<float>().data());
+    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+  }
+};
+
+class FusedBf16GradOp : public FusedOpBase {
+ public:
+  using FusedOpBase::FusedOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const std::unique_ptr<Crew> crew = CrewFor(ctx);
+    FusedParams params;
+    OP_REQUIRES_OK(ctx, CheckGradInputs(ctx, &params));
+    Tensor* grads[4];
+    OP_REQUIRES_OK(ctx, AllocateGradOutputs(ctx, params.geometry.z_channels(), grads,
+                                            /*skip_unused_dx=*/true));
+    const std::string err = FusedBackwardBf16(
+        params, crew->AsRuntime(), Bits(ctx->input(0)), Bits(ctx->input(1)),
+        Floats(ctx->input(2)), Floats(ctx->input(3)), Floats(ctx->input(4)),
+        Bits(ctx->input(5)), Floats(ctx->input(6)), Floats(ctx->input(7)),
+        grads[0] != nullptr ? MutableBits(grads[0]) : nullptr, grads[1]->flat<float>().data(),
+        grads[2]->flat<float>().data(), grads[3]->flat<float>().data());
+    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+  }
+};
+
+}  // namespace
+}  // namespace pyae
+
+// The bf16 kernels' path for pyae.ops (ctypes, as pyae_isa_info): "path\nreason". Returns the
+// bytes the text needs and writes as much as `size` allows.
+extern "C" __attribute__((visibility("default"))) int64_t pyae_bf16_info(char* out,
+                                                                          int64_t size) {
+  const pyae::Bf16Choice choice = pyae::ActiveBf16Path();
+  const std::string text = std::string(pyae::Bf16PathName(choice.path)) + "\n" + choice.reason;
+  if (size > 0) {
+    const int64_t n = std::min<int64_t>(size - 1, text.size());
+    std::copy(text.begin(), text.begin() + n, out);
+    out[n] = '\0';
+  }
+  return static_cast<int64_t>(text.size()) + 1;
+}
+
+REGISTER_KERNEL_BUILDER(Name("PyaeFusedConvBnLeakyReluBf16").Device(::tensorflow::DEVICE_CPU),
+                        pyae::FusedBf16Op);
+REGISTER_KERNEL_BUILDER(Name("PyaeFusedConvBnLeakyReluBf16Grad").Device(::tensorflow::DEVICE_CPU),
+                        pyae::FusedBf16GradOp);
