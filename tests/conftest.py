@@ -104,3 +104,31 @@ def impl_on_every_path(request):
     _use_isa(path)
     yield impl
     _restore_isa()
+
+
+def bf16_kernels_here():
+    """The bf16 kernels' path on the kernel path in use ("none" where this CPU, build or a
+    forced narrower path has none, or without the native op)."""
+    import pyae.ops  # pylint: disable=import-outside-toplevel
+
+    return pyae.ops.bf16_info()["path"] if native_available() else "none"
+
+
+@pytest.fixture(params=["bf16-kernels", "bf16-fallback"])
+def bf16_path(request):
+    """Runs a mixed-precision test on the bf16 kernels (where this CPU has them) and on what a
+    CPU without them runs: there the kernels are turned off by forcing a narrower float32 path
+    (as PYAE_ISA=avx2 does), so both are tested on one machine."""
+    has_kernels = bf16_kernels_here() != "none"
+    if request.param == "bf16-kernels":
+        if not has_kernels:
+            pytest.skip("no bf16 kernels here (CPU without AVX512-BF16, a narrower forced path, "
+                        "or no native op)")
+        yield "kernels"
+        return
+    if not has_kernels:
+        yield "fallback"
+        return
+    _use_isa(next(name for name in machine_isas() if name != "avx512"))
+    yield "fallback"
+    _restore_isa()
