@@ -1,6 +1,7 @@
 """Time every benchmark config at the tutorial's block shapes, in one process; print ratio tables.
 
     python bench/report.py [--quick] [--out FILE] [--isa avx512|avx2|generic] [--configs ...]
+                           [--policy float32|mixed_bfloat16]
 
 ``--isa`` runs the native op on that CPU kernel path (default: the best this CPU has, or
 ``PYAE_ISA``). Compare the AVX2 path with stock layers held to AVX2 as well, as an AVX2 CPU
@@ -13,11 +14,17 @@ Configs (what runs, per block and mode; see ``CONFIG_MODES``):
                + ``LeakyReLU()`` in a ``tf.function``
 * ``xla``      the same Keras stack under ``tf.function(jit_compile=True)``
 * ``tf``       the fused op's pure-TF fallback, ``impl="tf"``, in a ``tf.function``
+* ``native32`` the fused op in float32 whatever ``--policy`` says (pyae's float32 baseline)
 * ``grappler`` inference only: ``tf.nn.conv2d`` + ``tf.compat.v1.nn.fused_batch_norm(
                is_training=False)`` + ``tf.nn.leaky_relu`` with constant weights, which
                grappler's remapper rewrites into one ``_FusedConv2D`` (checked per block from
                the post-optimisation graph). It has no transposed twin: for decoder blocks the
                same graph is built on ``conv2d_transpose`` and stays unfused.
+
+``--policy mixed_bfloat16`` runs every config but ``native32`` as Keras' layers run under that
+policy: x, y, dy and dx in bfloat16, the variables float32 (``native`` is then the bf16 native
+op, ``tf`` the composite ops in bfloat16, ``keras`` the stock layers built under the policy);
+``grappler`` has no mixed form and is left out. A "mixed precision" table compares them.
 
 Modes: ``train_fwd`` (training-mode forward, moving statistics updated), ``train_fwdbwd``
 (that plus the gradients of x, kernel, gamma and beta for a fixed upstream gradient dy) and
@@ -55,6 +62,7 @@ CONFIG_MODES = {
     "keras": ("train_fwd", "train_fwdbwd", "infer_fwd"),
     "xla": ("train_fwd", "train_fwdbwd"),
     "tf": ("train_fwd", "train_fwdbwd"),
+    "native32": ("train_fwd", "train_fwdbwd", "infer_fwd"),
     "grappler": ("infer_fwd",),
 }
 CONFIGS = tuple(CONFIG_MODES)
@@ -64,6 +72,20 @@ MOMENTUM = 0.99
 MIN_REPEATS = 5
 REPEAT_BUDGET_S = 3.0
 SETTLE_S = 0.005  # untimed calls of a config before each timed one (see _settle)
+# The Keras dtype policy the configs run under (--policy); an environment variable so that the
+# RSS subprocesses inherit it.
+POLICY_ENV = "PYAE_BENCH_POLICY"
+
+
+def policy():
+    return os.environ.get(POLICY_ENV, "float32")
+
+
+def compute_dtype(config):
+    """The activations' dtype of `config` under the policy (native32 is always float32)."""
+    if config == "native32" or policy() == "float32":
+        return tf.float32
+    return tf.as_dtype(policy().split("_", 1)[1])
 
 
 class Unavailable(Exception):
@@ -159,9 +181,10 @@ def keras_forward(block, data):
 
     conv_class = keras.layers.Conv2DTranspose if block.transpose else keras.layers.Conv2D
     conv = conv_class(block.out_channels, shapes.KERNEL_SIZE, strides=block.stride,
-                      padding=shapes.PADDING, use_bias=False)
-    batch_norm = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPSILON)
-    leaky_relu = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE)
+                      padding=shapes.PADDING, use_bias=False, dtype=policy())
+    batch_norm = keras.layers.BatchNormalization(momentum=MOMENTUM, epsilon=EPSILON,
+                                                 dtype=policy())
+    leaky_relu = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE, dtype=policy())
     leaky_relu(batch_norm(conv(np.zeros((1,) + block.input_shape[1:], np.float32))))
     conv.kernel.assign(data.kernel)
     batch_norm.gamma.assign(data.gamma)
@@ -200,7 +223,7 @@ def grappler_forward(block, data):
 
 
 def _forward_for(block, config, data, mode):
-    if config == "native":
+    if config in ("native", "native32"):
         reason = native_unavailable_reason()
         if reason is not None:
             raise Unavailable(f"native op not available: {reason}")
@@ -246,7 +269,8 @@ def build_step(block, config, mode, seed=0):
     data = make_data(block, seed)
     forward, trainables = _forward_for(block, config, data, mode)
     function = tf.function(_step_body(forward, trainables, mode), jit_compile=config == "xla")
-    x, dy = tf.constant(data.x), tf.constant(data.dy)
+    dtype = compute_dtype(config)
+    x, dy = tf.cast(data.x, dtype), tf.cast(data.dy, dtype)
     return lambda: function(x, dy)
 
 
@@ -609,6 +633,35 @@ def geomean_lines(blocks, results, model):
     return lines
 
 
+def mixed_precision_table(blocks, results, mode):
+    """Under a mixed policy: the native op, the stock layers and the composite ops in that
+    policy, and pyae's float32 native op, per block."""
+    header = ["block", "shape", "native ms", "keras ms", "tf ms", "native32 ms",
+              "keras/native", "tf/native", "native32/native"]
+    rows = []
+    for block in blocks:
+        get = lambda config, b=block: results.get((b.id, mode, config))  # noqa: E731
+        native = get("native")
+        rows.append([block.name, block.label, _ms(native), _ms(get("keras")), _ms(get("tf")),
+                     _ms(get("native32")), _fmt_ratio(_ratio(get("keras"), native)),
+                     _fmt_ratio(_ratio(get("tf"), native)),
+                     _fmt_ratio(_ratio(get("native32"), native))])
+    return _table(header, rows)
+
+
+def mixed_geomean_lines(blocks, results, model):
+    lines = []
+    for mode in ("train_fwdbwd", "train_fwd", "infer_fwd"):
+        parts = []
+        for config in ("keras", "tf", "native32"):
+            mean = _geomean([_ratio(results.get((b.id, mode, config)),
+                                    results.get((b.id, mode, "native"))) for b in blocks])
+            if mean is not None:
+                parts.append(f"{config}/native = {_fmt_ratio(mean)}")
+        lines.append(f"- {model} {mode} under {policy()}, geometric mean: " + "; ".join(parts))
+    return lines
+
+
 def _build_summary():
     try:
         import pyae  # pylint: disable=import-outside-toplevel
@@ -630,6 +683,8 @@ def _build_summary():
         f"- CUDA built: {cuda.get('built')}; build type: {info.get('build_type')}; "
         f"compile flags: {info.get('compile_flags')}",
         isa_line(info),
+        f"- bf16 kernels: {info['bf16']['path']} ({info['bf16']['reason']}); dtype policy of "
+        f"the configs: {policy()} (native32 always float32)",
     ]
 
 
@@ -712,6 +767,13 @@ def render(blocks, results, peaks, fusion, options):
         if not model_blocks:
             continue
         lines += [f"## {model} (batch {model_blocks[0].batch})", ""]
+        if policy() != "float32":
+            for mode, title in (("train_fwdbwd", "forward+backward"), ("train_fwd", "forward"),
+                                ("infer_fwd", "inference forward")):
+                lines += [f"### mixed precision ({policy()}), training {title}"
+                          if mode != "infer_fwd" else f"### mixed precision ({policy()}), {title}",
+                          ""] + mixed_precision_table(model_blocks, results, mode) + [""]
+            lines += [*mixed_geomean_lines(model_blocks, results, model), ""]
         lines += ["### training forward+backward", ""] + training_table(model_blocks, results, "train_fwdbwd", peaks)
         lines += ["", "### training forward", ""] + training_table(model_blocks, results, "train_fwd", peaks)
         lines += ["", "### inference forward", ""] + inference_table(model_blocks, results, peaks, fusion)
@@ -742,8 +804,11 @@ def parse_args(argv=None):
                         help="skip the per-config fresh-process RSS measurement")
     parser.add_argument("--isa", choices=("avx512", "avx2", "generic", "auto"),
                         help="the native op's CPU kernel path (default: PYAE_ISA or the best)")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
-                        help="only these configs (default: all)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS,
+                        help="only these configs (default: all but native32 in float32, all "
+                             "but grappler under a mixed policy)")
+    parser.add_argument("--policy", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        default="float32", help="the Keras dtype policy the configs run under")
     parser.add_argument("--modes", nargs="+", choices=shapes.MODES, default=list(shapes.MODES),
                         help="only these modes (default: all)")
     parser.add_argument("--rss-child", nargs=3, metavar=("BLOCK", "CONFIG", "MODE"),
@@ -753,6 +818,11 @@ def parse_args(argv=None):
     if options.isa:
         # Before pyae loads, so the RSS subprocesses (which inherit the environment) use it too.
         os.environ["PYAE_ISA"] = options.isa
+    if not options.rss_child:  # an RSS subprocess takes its policy from the parent's environment
+        os.environ[POLICY_ENV] = options.policy
+    if options.configs is None:
+        left_out = "native32" if options.policy == "float32" else "grappler"
+        options.configs = [config for config in CONFIGS if config != left_out]
     options.repeats = options.repeats or (5 if options.quick else 20)
     options.warmup = options.warmup or (2 if options.quick else 3)
     options.peaks_given = options.peak_gflops is not None and options.peak_gbps is not None

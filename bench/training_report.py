@@ -2,6 +2,7 @@
 
     python bench/training_report.py [--quick] [--models fashion_mnist cartoon] [--no-rss]
                                     [--no-quality] [--isa avx512|avx2|generic] [--configs ...]
+                                    [--policy float32|mixed_bfloat16]
 
 ``--isa`` runs the native op on that CPU kernel path; run the AVX2 path against a tutorial
 loop held to AVX2 as well: ``ONEDNN_MAX_CPU_ISA=AVX2 python bench/training_report.py --isa avx2``.
@@ -14,6 +15,11 @@ Configs (see ``CONFIGS``), all Adam(5e-4) and the tutorial's per-image MSE:
 * ``pyae-native``  fused layers on the native op, graph-mode ``tf.function`` step
 * ``pyae-xla``     fused layers on the composite ops, ``tf.function(jit_compile=True)``
 * ``pyae-auto``    ``Autoencoder.compile()``'s choice (``jit_compile="auto"``; says which)
+* ``pyae-native-f32``  ``pyae-native`` built under float32 whatever ``--policy`` says: pyae's
+                   float32 step, the baseline of mixed precision's target
+
+``--policy mixed_bfloat16`` builds every model (the tutorial's too) under that Keras dtype
+policy: activations in bfloat16, variables float32, as Keras' mixed precision runs them.
 
 Fashion-MNIST runs at batch 128, Cartoon at batch 32. Speed is timed for every config in
 this one process; memory in a fresh subprocess per config: ``ru_maxrss`` (the whole
@@ -45,9 +51,13 @@ import tensorflow as tf  # noqa: E402
 
 from pyae import models, ops, train  # noqa: E402
 
-CONFIGS = ("tutorial", "pyae-native", "pyae-xla", "pyae-auto")
+CONFIGS = ("tutorial", "pyae-native", "pyae-xla", "pyae-auto", "pyae-native-f32")
+# Mixed precision's targets (issue 14): the whole step under the policy vs the tutorial loop
+# under it, and vs pyae's own float32 step.
+TARGET_MIXED_SPEEDUP, TARGET_MIXED_VS_FLOAT32 = 2.0, 1.4
 BATCH_SIZES = {"fashion_mnist": 128, "cartoon": 32}
 LEARNING_RATE = 5e-4
+POLICY_ENV = "PYAE_BENCH_POLICY"  # an environment variable: the RSS subprocesses inherit it
 TARGET_SPEEDUP, TARGET_MEMORY_RATIO, TARGET_MSE_GAP = 1.5, 0.60, 0.05
 
 
@@ -55,8 +65,9 @@ TARGET_SPEEDUP, TARGET_MEMORY_RATIO, TARGET_MSE_GAP = 1.5, 0.60, 0.05
 
 
 def ae_loss(y_true, y_pred):
-    """The tutorial's loss: one mean squared error per image (a vector, not a scalar)."""
-    return tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
+    """The tutorial's loss: one mean squared error per image (a vector, not a scalar); in
+    float32 under a mixed policy, as Keras computes its losses."""
+    return tf.reduce_mean(tf.square(y_true - tf.cast(y_pred, y_true.dtype)), axis=[1, 2, 3])
 
 
 def tutorial_train_step(enc, dec, optimizer):
@@ -83,14 +94,25 @@ def tutorial_train_step(enc, dec, optimizer):
     return train_step
 
 
+def config_policy(config):
+    """The dtype policy `config` is built under (--policy, but float32 for *-f32 configs)."""
+    return "float32" if config.endswith("-f32") else os.environ.get(POLICY_ENV, "float32")
+
+
 def build_model(model_name, config, seed=0):
     keras.utils.set_random_seed(seed)
-    return models.build(model_name, unfused=config == "tutorial")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config_policy(config))
+    try:
+        return models.build(model_name, unfused=config == "tutorial")
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def make_step(model_name, config, sample_batch, seed=0, verbose=0):
     """``(step, model, note)``: ``step(batch)`` trains once and returns the loss tensor."""
     model = build_model(model_name, config, seed)
+    config = config.removesuffix("-f32")
     if config == "tutorial":
         step = tutorial_train_step(model.encoder, model.decoder,
                                    keras.optimizers.Adam(LEARNING_RATE))
@@ -269,8 +291,29 @@ def _training_mib(rss):
     return max(rss["training_peak_mib"] - rss["before_mib"], 1.0)
 
 
+def mixed_target_lines(model_name, speeds):
+    """Under a mixed policy: pyae's native step vs the tutorial loop under the same policy
+    and vs pyae's float32 native step."""
+    if "pyae-native" not in speeds or "tutorial" not in speeds:
+        return []
+    native = speeds["pyae-native"]["images_per_s"]
+    speedup = native / speeds["tutorial"]["images_per_s"]
+    policy = os.environ.get(POLICY_ENV)
+    lines = [f"- {model_name} {policy} pyae-native {speedup:.2f}x the tutorial loop under "
+             f"{policy} vs target {TARGET_MIXED_SPEEDUP}x: "
+             f"{_verdict(speedup >= TARGET_MIXED_SPEEDUP)}"]
+    if "pyae-native-f32" in speeds:
+        ratio = native / speeds["pyae-native-f32"]["images_per_s"]
+        lines.append(f"- {model_name} {policy} pyae-native {ratio:.2f}x pyae's float32 native "
+                     f"step vs target {TARGET_MIXED_VS_FLOAT32}x: "
+                     f"{_verdict(ratio >= TARGET_MIXED_VS_FLOAT32)}")
+    return lines
+
+
 def target_lines(model_name, speeds, memory, quality_result):
     lines = []
+    if os.environ.get(POLICY_ENV, "float32") != "float32":
+        lines += mixed_target_lines(model_name, speeds)
     best = max((c for c in speeds if c != "tutorial"), key=lambda c: speeds[c]["images_per_s"])
     judged = "pyae-auto" if "pyae-auto" in speeds else best  # --configs may leave auto out
     speedup = speeds[judged]["images_per_s"] / speeds["tutorial"]["images_per_s"]
@@ -302,7 +345,9 @@ def run_report(arguments):
     print(f"command: `python bench/training_report.py {' '.join(sys.argv[1:])}`  ")
     print(f"native op library: {'loaded' if ops.native_available() else 'not loaded'} "
           f"({ops.build_info()['tf_ops']['reason'] or 'ok'})  ")
-    print(isa_line() + "\n")
+    print(isa_line() + "  ")
+    print(f"dtype policy: {os.environ.get(POLICY_ENV)} (pyae-native-f32: float32); bf16 kernels: "
+          f"{ops.build_info()['bf16']['path']}\n")
     summary = []
     for model_name in arguments.models:
         speeds = time_configs(model_name, arguments.configs, *rounds[model_name])
@@ -337,18 +382,25 @@ def main(argv=None):
     parser.add_argument("--no-quality", action="store_true", help="skip the MSE comparison")
     parser.add_argument("--isa", choices=("avx512", "avx2", "generic", "auto"),
                         help="the native op's CPU kernel path (default: PYAE_ISA or the best)")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
-                        help="only these configs (default: all)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS,
+                        help="only these configs (default: all; pyae-native-f32 only under a "
+                             "mixed policy)")
+    parser.add_argument("--policy", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        default="float32", help="the Keras dtype policy of every model")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "CONFIG", "STEPS"),
                         help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.isa:
         # Read at the op's first call; the RSS subprocesses inherit it.
         os.environ["PYAE_ISA"] = arguments.isa
-    if arguments.rss_child:
+    if arguments.rss_child:  # its policy comes from the parent's environment
         model_name, config, count = arguments.rss_child
         rss_child(model_name, config, int(count))
         return
+    os.environ[POLICY_ENV] = arguments.policy
+    if arguments.configs is None:
+        arguments.configs = [config for config in CONFIGS
+                             if arguments.policy != "float32" or not config.endswith("-f32")]
     run_report(arguments)
 
 
