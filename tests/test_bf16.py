@@ -17,7 +17,12 @@ accumulate in float32:
   y = bf16(y32): |y - y_ref| <= u |y_ref| + F32_RTOL max|y_ref|;
   dz is rounded to bf16 before the two conv gradients, which adds u sum |x| |dz_ref| to
   dkernel (float32 output) and (u + u^2) sum |dz_ref| |w| + u |dx_ref| to dx (bf16 output);
-  dgamma, dbeta, mean and variance are float32 reductions: F32_RTOL of their scale.
+  dbeta, mean and variance are float32 reductions: F32_RTOL of their scale.
+* the backward recovers xhat from the bf16 y where |beta| <= |gamma| (else it recomputes z):
+  v = y / slope^[v<0] is off by u |v|, so xhat = (v - beta) / gamma by e = u |v| / |gamma|.
+  That adds sum |du| e to dgamma and, in training (dz = gamma rstd (du - mean(du)
+  - xhat mean(du xhat))), |gamma| rstd (|xhat| + e) sum(|du| e) / N + |dz_xhat| e to each dz,
+  which the two conv gradients carry as sum |x| |ddz| and sum |ddz| |w|.
 Outputs of the kernels start as NaN (the bindings poison them), so an element never written
 fails the finiteness check; every test draws fresh random inputs.
 """
@@ -158,22 +163,72 @@ def test_bf16_op_gradients_within_rounding_bound_of_float64(rng, case, training)
     dx, dkernel, dgamma, dbeta = tape.gradient(loss, [x] + params)
     assert dx.dtype == tf.bfloat16 and dkernel.dtype == tf.float32
     exact = reference_inputs(inputs)
-    dy = dy.astype(np.float64)
+    assert_gradients_within_bounds(exact, attrs, dy.astype(np.float64),
+                                   [dx, dkernel, dgamma, dbeta])
+
+
+def inversion_error(exact, attrs, dy):
+    """Bounds of what recovering xhat from the bf16 y adds to dgamma and to each dz."""
+    _, _, variance, cache = reference.forward(*exact.values(), **attrs)
+    gamma, v, xhat = exact["gamma"], cache["u"], cache["xhat"]
+    du = np.abs(np.where(v > 0, dy, attrs.get("negative_slope", 0.3) * dy))
+    error = U * np.abs(v) / np.abs(gamma)
+    dgamma_error = (du * error).sum(axis=(0, 1, 2))
+    if not attrs["training"]:
+        return dgamma_error, np.zeros_like(v)
+    count = v.shape[0] * v.shape[1] * v.shape[2]
+    rstd = 1.0 / np.sqrt(variance + 1e-3)
+    dz_xhat = np.abs(gamma * rstd * (du * xhat).sum(axis=(0, 1, 2)) / count)
+    dz_error = (np.abs(gamma) * rstd * (np.abs(xhat) + error) * dgamma_error / count
+                + dz_xhat * error)
+    return dgamma_error, dz_error
+
+
+def assert_gradients_within_bounds(exact, attrs, dy, grads):
+    dx, dkernel, dgamma, dbeta = grads
     dx_ref, dkernel_ref, dgamma_ref, dbeta_ref = reference.backward(dy, *exact.values(), **attrs)
     geo, dz_ref, _, _ = reference.batch_norm_backward(dy, *exact.values(), **attrs)
-    abs_x, abs_kernel, abs_dz = np.abs(exact["x"]), np.abs(exact["kernel"]), np.abs(dz_ref)
+    dgamma_error, dz_error = inversion_error(exact, attrs, dy)
+    abs_x, abs_kernel = np.abs(exact["x"]), np.abs(exact["kernel"])
+    abs_dz = np.abs(dz_ref) + dz_error
     if attrs["transpose"]:
-        dx_terms, dkernel_terms = geo.conv(abs_dz, abs_kernel), geo.matrix_grad(abs_dz, abs_x)
+        dx_terms = geo.conv(abs_dz, abs_kernel)
+        dx_error, dkernel_error = geo.conv(dz_error, abs_kernel), geo.matrix_grad(dz_error, abs_x)
+        dkernel_terms = geo.matrix_grad(abs_dz, abs_x)
     else:
         dx_terms = geo.conv_adjoint(abs_dz, abs_kernel)
-        dkernel_terms = geo.matrix_grad(abs_x, abs_dz)
-    assert_within(dx.numpy(), dx_ref, U * np.abs(dx_ref) + (U + U * U) * dx_terms
-                  + F32_RTOL * np.abs(dx_ref).max(), "dx")
-    assert_within(dkernel.numpy(), dkernel_ref,
-                  U * dkernel_terms + F32_RTOL * np.abs(dkernel_ref).max(), "dkernel")
-    for name, value, value_ref in (("dgamma", dgamma, dgamma_ref), ("dbeta", dbeta, dbeta_ref)):
-        assert_within(value.numpy(), value_ref,
-                      np.full(value_ref.shape, F32_RTOL * np.abs(value_ref).max()), name)
+        dx_error = geo.conv_adjoint(dz_error, abs_kernel)
+        dkernel_terms, dkernel_error = geo.matrix_grad(abs_x, abs_dz), geo.matrix_grad(abs_x, dz_error)
+    assert_within(dx.numpy(), dx_ref, U * (np.abs(dx_ref) + dx_error) + (U + U * U) * dx_terms
+                  + dx_error + F32_RTOL * np.abs(dx_ref).max(), "dx")
+    assert_within(dkernel.numpy(), dkernel_ref, U * dkernel_terms + dkernel_error
+                  + F32_RTOL * np.abs(dkernel_ref).max(), "dkernel")
+    assert_within(dgamma.numpy(), dgamma_ref,
+                  dgamma_error + F32_RTOL * np.abs(dgamma_ref).max(), "dgamma")
+    assert_within(dbeta.numpy(), dbeta_ref,
+                  np.full(dbeta_ref.shape, F32_RTOL * np.abs(dbeta_ref).max()), "dbeta")
+
+
+@pytest.mark.parametrize("beta_over_gamma", [0.9, 3.0], ids=["xhat-from-y", "z-recomputed"])
+def test_bf16_op_gradients_on_both_backward_paths(rng, beta_over_gamma):
+    """|beta| <= |gamma| recovers xhat from y; above it the backward recomputes z."""
+    needs_bf16_kernels()
+    case = (2, 9, 9, 3, 8, 3, 2, "same", False)
+    inputs = make_inputs(rng, case)
+    signs = rng.choice([-1.0, 1.0], size=inputs["gamma"].shape)
+    inputs["beta"] = (beta_over_gamma * signs * inputs["gamma"]).astype(np.float32)
+    attrs = op_attrs(case, True)
+    x = tf.constant(to_bf16(inputs["x"]))
+    params = [tf.constant(inputs[name]) for name in ("kernel", "gamma", "beta")]
+    with tf.GradientTape() as tape:
+        tape.watch([x] + params)
+        y = pyae.ops.fused_conv_bn_leaky_relu(
+            x, *params, inputs["moving_mean"], inputs["moving_variance"], impl="native",
+            **attrs).y
+        dy = to_bf16(rng.normal(size=y.shape))
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * dy.astype(np.float32))
+    grads = tape.gradient(loss, [x] + params)
+    assert_gradients_within_bounds(reference_inputs(inputs), attrs, dy.astype(np.float64), grads)
 
 
 def test_bf16_op_names_an_invalid_parameter(rng):

@@ -172,15 +172,17 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
   PackForward(g, kernel, &filters);
   const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
   Scratch z(g.batch * pixels * channels);
-  ComputeAllZ(g, runtime, blocks, filters, x, z.data());
+  // Each task sums its block's moments right after computing its z, while it is in cache.
+  std::vector<double> moments(blocks.count() * channels * 2, 0.0);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    ConvScratch scratch;
+    ComputeZ(g, filters, x, blocks.begin(b), blocks.end(b), &scratch, z.data());
+    if (!p.training) return;
+    double* sum = moments.data() + b * channels * 2;
+    AccumulateMoments(z.data() + blocks.begin(b) * pixels * channels,
+                      (blocks.end(b) - blocks.begin(b)) * pixels, channels, sum, sum + channels);
+  });
   if (p.training) {
-    std::vector<double> moments(blocks.count() * channels * 2, 0.0);
-    runtime.run_tasks(blocks.count(), [&](int64_t b) {
-      double* sum = moments.data() + b * channels * 2;
-      AccumulateMoments(z.data() + blocks.begin(b) * pixels * channels,
-                        (blocks.end(b) - blocks.begin(b)) * pixels, channels, sum,
-                        sum + channels);
-    });
     std::vector<double> totals(channels * 2);
     SumPartials(moments, blocks.count(), channels * 2, totals.data());
     const double count = static_cast<double>(g.batch * pixels);
@@ -206,16 +208,32 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
   return "";
 }
 
-// Per channel: rstd = 1 / sqrt(var + eps) and dz = dz_du * du + dz_bias + dz_xhat * xhat.
+// Per channel: rstd = 1 / sqrt(var + eps), beta, 1 / gamma, and the terms of
+// dz = dz_du * du + dz_bias + dz_xhat * xhat.
 struct ChannelTerms {
-  std::vector<float> mean, rstd, dz_du, dz_bias, dz_xhat;
+  std::vector<float> mean, rstd, beta, inv_gamma, dz_du, dz_bias, dz_xhat;
 };
 
-// du and xhat of `rows` rows from y, dy (bf16) and the recomputed z.
+// True when xhat recovered from y in bf16 is as accurate as Keras' batch norm of a bf16 z:
+// y = v (1 + d), |d| <= u = 2^-8, gives (u - beta) / gamma off by at most u (|xhat| +
+// |beta / gamma|), which is within Keras' u |z| / std = u |xhat + mean / std| when
+// |beta| <= |gamma| (and |mean| >= std). Otherwise z is recomputed from x (float32 exact).
+bool CanInvertBf16Output(const float* gamma, const float* beta, int64_t channels,
+                         float negative_slope) {
+  if (!(negative_slope > 0.0f)) return false;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float g = std::fabs(gamma[c]);
+    if (!(g >= 1e-6f) || !(std::fabs(beta[c]) <= g)) return false;
+  }
+  return true;
+}
+
+// du and xhat of `rows` rows from y and dy (bf16), and either y's inverse (z null) or the
+// recomputed z.
 struct Preactivation {
   const Bf16* y;
   const Bf16* dy;
-  const float* z;
+  const float* z;  // null: xhat = (leaky_relu^-1(y) - beta) / gamma
   const ChannelTerms* terms;
   float slope;
 
@@ -226,14 +244,24 @@ struct Preactivation {
     float* __restrict dy_row = buffer + channels;
     ToFloat(y + row * channels, channels, y_row);
     ToFloat(dy + row * channels, channels, dy_row);
-    const float* __restrict z_row = z + row * channels;
-    const float* __restrict mean = terms->mean.data();
-    const float* __restrict rstd = terms->rstd.data();
     const float negative_slope = slope;
     for (int64_t c = 0; c < channels; ++c) {
       du[c] = dy_row[c] * (y_row[c] > 0.0f ? 1.0f : negative_slope);
-      xhat[c] = (z_row[c] - mean[c]) * rstd[c];
     }
+    if (z == nullptr) {
+      const float* __restrict beta = terms->beta.data();
+      const float* __restrict inv_gamma = terms->inv_gamma.data();
+      const float inv_slope = 1.0f / slope;
+      for (int64_t c = 0; c < channels; ++c) {
+        const float u = y_row[c] * (y_row[c] > 0.0f ? 1.0f : inv_slope);
+        xhat[c] = (u - beta[c]) * inv_gamma[c];
+      }
+      return;
+    }
+    const float* __restrict z_row = z + row * channels;
+    const float* __restrict mean = terms->mean.data();
+    const float* __restrict rstd = terms->rstd.data();
+    for (int64_t c = 0; c < channels; ++c) xhat[c] = (z_row[c] - mean[c]) * rstd[c];
   }
 };
 
@@ -315,14 +343,21 @@ std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* d
   const int64_t pixels = g.z_pixels();
   ChannelTerms terms;
   terms.mean.assign(mean, mean + channels);
+  terms.beta.assign(beta, beta + channels);
   terms.rstd.resize(channels);
-  for (int64_t c = 0; c < channels; ++c) terms.rstd[c] = 1.0f / std::sqrt(variance[c] + p.epsilon);
-  // z again from x: y in bf16 is too coarse to invert.
-  Filters forward;
-  PackForward(g, kernel, &forward);
+  terms.inv_gamma.resize(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    terms.rstd[c] = 1.0f / std::sqrt(variance[c] + p.epsilon);
+    terms.inv_gamma[c] = 1.0f / gamma[c];
+  }
   const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
-  Scratch z(g.batch * pixels * channels);
-  ComputeAllZ(g, runtime, blocks, forward, x, z.data());
+  Scratch z;
+  if (!CanInvertBf16Output(gamma, beta, channels, p.negative_slope)) {
+    Filters forward;  // z again from x
+    PackForward(g, kernel, &forward);
+    z.Reserve(g.batch * pixels * channels);
+    ComputeAllZ(g, runtime, blocks, forward, x, z.data());
+  }
   const Preactivation pre{y, dy, z.data(), &terms, p.negative_slope};
   std::vector<double> sums(blocks.count() * channels * 2, 0.0);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {

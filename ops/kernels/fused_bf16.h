@@ -8,8 +8,10 @@
 // The kernel, gamma, beta, the statistics and every gradient but dx stay float32: the kernel is
 // the float32 variable, rounded to bf16 once per call while it is packed for the kernels (no
 // separate cast op, no bf16 copy kept), and its gradient is what the variable needs. The
-// backward recomputes z from x (a y rounded to bf16 is too coarse to invert), rounds dz to bf16
-// for the two conv gradients (as Keras' bf16 conv receives it) and reduces in float32/double.
+// backward recovers xhat from y by inverting LeakyReLU and the affine step where that is as
+// accurate as Keras' batch norm of a bf16 z (|beta| <= |gamma|: xhat off by at most
+// u (|xhat| + 1), u = 2^-8) and recomputes z from x otherwise; it rounds dz to bf16 for the
+// two conv gradients (as Keras' bf16 conv receives it) and reduces in float32/double.
 //
 // Kernels per path (Bf16Path): AVX512-BF16 (vdpbf16ps: each float32 lane accumulates a pair of
 // bf16 products, so the reduction axis is consumed in pairs). An AMX path would be one more
