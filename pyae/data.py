@@ -27,6 +27,7 @@ __all__ = [
     "Dataset",
     "DatasetUnavailableError",
     "ImageFolder",
+    "array_dataset",
     "image_folder_dataset",
     "load_dataset",
     "load_digits_28",
@@ -35,6 +36,7 @@ __all__ = [
     "read_idx",
     "scan_image_folder",
     "synthetic_faces",
+    "without_autotune",
     "write_synthetic_cartoon_folder",
 ]
 
@@ -54,6 +56,50 @@ DIGIT_LABELS = tuple(str(d) for d in range(10))
 
 class DatasetUnavailableError(RuntimeError):
     """A dataset could not be fetched or read; the message says what to do instead."""
+
+
+# --------------------------------------------------------------------------- pipelines for fit
+
+
+def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` with tf.data's autotuning off, so no epoch ends waiting for it.
+
+    With autotuning on, an iterator runs a thread that re-plans the pipeline 10 ms, 30 ms,
+    70 ms... (the gaps doubling up to 60 s) after the iterator starts. In TF 2.21 deleting
+    the iterator often waits for that thread's next round: the destructor's wake-up is lost
+    (the thread wakes before the cancellation is marked done and goes back to sleep), as a
+    stack of the waiting process shows (``RootDataset::Iterator::~Iterator`` on the thread
+    ``tf_data_model`` in ``Model::OptimizeLoop``). Keras' ``fit`` makes a new iterator every
+    epoch, so an epoch whose steps took 5.1 s measured 10.2 s (bench/RESULTS.md). Without
+    autotuning there is no such thread; a map's AUTOTUNE parallelism becomes the core count.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def array_dataset(images, batch_size: int = 128, shuffle: bool = True,
+                  seed=None) -> tf.data.Dataset:
+    """Batches of an array of ``images`` for ``fit``, as Keras' ``fit`` makes of an array.
+
+    Every image once per epoch in ``batch_size`` batches (the last one partial), in a new
+    order every epoch when ``shuffle`` (``seed`` or the global seed fixes the orders), with
+    tf.data's autotuning off (see :func:`without_autotune`). ``Autoencoder.fit`` feeds arrays
+    through it; pass it to any Keras model's ``fit`` for the same effect.
+    """
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank is None or images.shape.rank < 1 or images.shape[0] == 0:
+        raise ValueError(f"array_dataset needs a non-empty array of images; received: "
+                         f"images of shape {images.shape}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1; received: batch_size={batch_size!r}")
+    count = int(images.shape[0])
+    indices = tf.data.Dataset.range(count)
+    if shuffle:
+        # Indices, not images: a buffer of the whole array costs 8 bytes an image.
+        indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    batches = indices.batch(int(batch_size)).map(lambda batch: tf.gather(images, batch))
+    return without_autotune(batches.prefetch(1))
 
 
 # --------------------------------------------------------------------------- IDX / Fashion-MNIST
@@ -339,7 +385,8 @@ def image_folder_dataset(
     file, ``folder.attrs_of(name)``). Elements are float32 images in [0, 1] of
     ``image_size``, RGBA composited over ``background``; with ``with_attrs=True`` they are
     ``(images, {attr_name: int64 values})``. Broken files are handled before the first
-    epoch (see :func:`scan_image_folder`).
+    epoch (see :func:`scan_image_folder`). tf.data's autotuning is off
+    (:func:`without_autotune`: with it on, an epoch's end can wait up to a minute).
     """
     folder = path if isinstance(path, ImageFolder) else scan_image_folder(path, on_error, limit)
     paths = tf.constant([str(f) for f in folder.files])
@@ -355,7 +402,8 @@ def image_folder_dataset(
     if on_error == "skip":
         # Last line of defence: a file that changed after the scan is dropped, not fatal.
         ds = ds.ignore_errors()
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds)
 
 
 def load_image_folder(

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from keras.src.losses import loss as loss_module
 
+from pyae import data as data_lib
 from pyae import objectives as objectives_lib
 from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
 from pyae.ops import geometry
@@ -246,6 +247,15 @@ class Autoencoder(keras.Model):
             self.chosen_step, self.step_reason, _ = train_lib.measure_step(
                 self, _first_batch(x, batch_size))
         self._report_step(verbose)
+        if self._feeds_array_itself(x, kwargs):
+            # Keras' own pipeline for arrays autotunes, and in TF 2.21 an epoch's end can
+            # then wait for the autotuner (see pyae.data.without_autotune).
+            validation_batch_size = kwargs.pop("validation_batch_size", None) or batch_size
+            x = data_lib.array_dataset(x, batch_size, shuffle=kwargs.pop("shuffle", True))
+            kwargs["shuffle"] = False  # the dataset shuffles itself; Keras' would warn
+            kwargs["validation_data"] = _images_as_dataset(kwargs.get("validation_data"),
+                                                           validation_batch_size)
+            y = batch_size = None
         try:
             return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                callbacks=callbacks, **kwargs)
@@ -254,6 +264,20 @@ class Autoencoder(keras.Model):
             if stop is None or not callbacks_lib.is_non_finite_error(error):
                 raise
             raise stop.error_for(error) from error
+
+    def _feeds_array_itself(self, x, fit_options):
+        """Whether ``fit`` takes ``x`` through :func:`pyae.data.array_dataset`: an array of
+        images on one replica, with none of the options only Keras' array pipeline has."""
+        if not _is_image_array(x) or x.shape[0] == 0:
+            return False
+        if fit_options.get("validation_split") or any(
+                fit_options.get(name) is not None
+                for name in ("sample_weight", "class_weight", "steps_per_epoch")):
+            return False
+        if not isinstance(fit_options.get("shuffle", True), bool):  # "batch": Keras' own
+            return False
+        strategy = self.distribute_strategy
+        return strategy.num_replicas_in_sync == 1 and not _is_multi_worker(strategy)
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
         return super().evaluate(x, y, batch_size=_default_batch_size(x, batch_size), **kwargs)
@@ -334,6 +358,20 @@ def _default_batch_size(data, batch_size):
 
         return DEFAULT_BATCH_SIZE
     return batch_size
+
+
+def _is_image_array(data):
+    return isinstance(data, (np.ndarray, tf.Tensor)) and len(data.shape) == 4
+
+
+def _images_as_dataset(data, batch_size):
+    """Validation images (an array, or ``(images, labels)``: the labels play no part) as
+    :func:`pyae.data.array_dataset` batches in order; anything else as it is."""
+    if isinstance(data, (tuple, list)) and data and _is_image_array(data[0]):
+        data = data[0]
+    if _is_image_array(data) and data.shape[0] > 0:
+        return data_lib.array_dataset(data, batch_size, shuffle=False)
+    return data
 
 
 def _first_batch(data, batch_size):

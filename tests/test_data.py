@@ -362,3 +362,49 @@ def test_images_without_labels_among_labelled_ones_are_named_not_labelled_minus_
                                          "without labels"):
         dataset = data.load_dataset(f"folder:{cartoon_folder}", image_size=16)
     assert dataset.y_train is None and dataset.y_test is None
+
+
+# --------------------------------------------------------------------------- pipelines for fit
+
+
+def epoch_of(dataset):
+    return [batch.numpy() for batch in dataset]
+
+
+def test_array_dataset_gives_every_image_once_per_epoch_in_a_new_order(rng):
+    images = rng.random((10, 4, 4, 1), dtype=np.float32)
+    dataset = data.array_dataset(images, batch_size=4, seed=SEED)
+    first, second = epoch_of(dataset), epoch_of(dataset)
+    assert [len(batch) for batch in first] == [4, 4, 2]  # the last batch partial, as Keras
+    for epoch in (first, second):
+        seen = np.concatenate(epoch)
+        order = np.lexsort(seen.reshape(len(seen), -1).T)
+        np.testing.assert_array_equal(seen[order],
+                                      images[np.lexsort(images.reshape(10, -1).T)])
+    assert not np.array_equal(np.concatenate(first), np.concatenate(second))
+
+
+def test_array_dataset_in_order_without_shuffle_and_repeatable_with_a_seed(rng):
+    images = rng.random((7, 3, 3, 2), dtype=np.float32)
+    in_order = np.concatenate(epoch_of(data.array_dataset(images, 3, shuffle=False)))
+    np.testing.assert_array_equal(in_order, images)
+    runs = [np.concatenate(epoch_of(data.array_dataset(images, 3, seed=SEED)))
+            for _ in range(2)]
+    np.testing.assert_array_equal(*runs)
+
+
+@pytest.mark.parametrize("images, batch_size, match", [
+    (np.zeros((0, 4, 4, 1), np.float32), 2, r"non-empty.*shape \(0, 4, 4, 1\)"),
+    (np.ones((3, 4, 4, 1), np.float32), 0, r"batch_size=0"),
+])
+def test_array_dataset_rejects_bad_input_by_name(images, batch_size, match):
+    with pytest.raises(ValueError, match=match):
+        data.array_dataset(images, batch_size)
+
+
+def test_fit_pipelines_run_without_tf_data_autotuning(rng, cartoon_folder):
+    # TF 2.21 can hold an epoch's end until the autotuner's next round: see without_autotune.
+    images = rng.random((5, 4, 4, 1), dtype=np.float32)
+    for dataset in (data.array_dataset(images, 2), data.image_folder_dataset(cartoon_folder,
+                                                                             image_size=8)):
+        assert dataset.options().autotune.enabled is False

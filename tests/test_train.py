@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -68,6 +69,39 @@ def test_every_objective_trains_with_fit_evaluate_and_predict(name, images):
     evaluated = model.evaluate(images, verbose=0, return_dict=True)
     assert set(evaluated) == set(terms)
     assert model.predict(images[:5], verbose=0).shape == (5, 16, 16, 1)
+
+
+@pytest.mark.parametrize("options, through_pyae", [
+    ({"validation_data": "pairs"}, True),
+    ({"validation_split": 0.25}, False),  # only Keras' own array pipeline splits
+    ({"shuffle": "batch"}, False),
+])
+def test_fit_feeds_arrays_through_a_pipeline_without_autotuning(images, monkeypatch, options,
+                                                                through_pyae):
+    # TF 2.21 can hold each epoch's end until tf.data's autotuner wakes (pyae.data).
+    given = {}
+    keras_fit = keras.Model.fit
+
+    def recording_fit(self, x=None, y=None, **kwargs):
+        given.update(x=x, validation_data=kwargs.get("validation_data"))
+        return keras_fit(self, x, y, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    if options.get("validation_data") == "pairs":
+        options = {"validation_data": (images[:8], np.zeros(8))}  # labels play no part
+    model = tiny_model()
+    model.compile(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. Keras' "shuffle=True ... will be ignored"
+        history = model.fit(images, epochs=2, batch_size=32, verbose=0, **options).history
+    assert len(history["loss"]) == 2
+    if not through_pyae:
+        assert isinstance(given["x"], np.ndarray)
+        return
+    for dataset in (given["x"], given["validation_data"]):
+        assert isinstance(dataset, tf.data.Dataset)
+        assert dataset.options().autotune.enabled is False
+    assert len(history["val_loss"]) == 2
 
 
 def test_tf_data_of_pairs_and_steps_per_execution(images):
