@@ -32,6 +32,8 @@ AWKWARD = [
     (1, 37, 35, 3, 5, 3, 1, "same", False),    # image copied in bands, short last band
     (2, 61, 53, 2, 4, 5, 2, "valid", False),   # bands of a strided VALID conv
     (2, 3, 2, 4, 3, 5, 1, "same", False),      # kernel larger than the image
+    (2, 9, 8, 20, 44, 3, 2, "same", False),    # partial column tiles: 44 = 32 + 12, dx 20
+    (2, 5, 6, 24, 88, 3, 2, "same", True),     # two column blocks: 88 = 64 + 24
 ]
 ALL_SHAPES = FASHION_BLOCKS + CARTOON_BLOCKS + AWKWARD
 
