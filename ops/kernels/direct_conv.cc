@@ -787,11 +787,12 @@ BlockEpilogue* BlockEpilogueAt(std::vector<BlockEpilogue>& blocks, int64_t b) {
 
 // dfilter rows [row, row + kRows) (channels of one tap) += sum over `count` pixels of patch
 // value x small row.
-template <int kRows, int kVectors>
+template <int kRows, int kVectors, bool kFull>
 void FilterGradTile(const float* padded, const int64_t* origin, int64_t count, int64_t offset,
                     const float* small, int64_t small_stride, float* dfilter,
                     int64_t dfilter_stride, LastVector last) {
   constexpr int kLanes = Simd::kLanes;
+  last.full = kFull;  // a constant, so AVX2's choice of load is made outside the pixel loop
   Vec acc[kRows][kVectors];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
@@ -828,30 +829,34 @@ void FilterGradTile(const float* padded, const int64_t* origin, int64_t count, i
 using FilterGradFn = void (*)(const float*, const int64_t*, int64_t, int64_t, const float*,
                               int64_t, float*, int64_t, LastVector);
 
-template <int kVectors>
+template <int kVectors, bool kFull>
 FilterGradFn FilterGradFor(int64_t rows) {
   switch (rows) {
-    case 1: return FilterGradTile<1, kVectors>;
-    case 2: return FilterGradTile<2, kVectors>;
-    case 3: return FilterGradTile<3, kVectors>;
-    case 4: return FilterGradTile<4, kVectors>;
-    case 5: return FilterGradTile<5, kVectors>;
-    case 6: return FilterGradTile<6, kVectors>;
-    case 7: return FilterGradTile<7, kVectors>;
-    default: return FilterGradTile<8, kVectors>;
+    case 1: return FilterGradTile<1, kVectors, kFull>;
+    case 2: return FilterGradTile<2, kVectors, kFull>;
+    case 3: return FilterGradTile<3, kVectors, kFull>;
+    case 4: return FilterGradTile<4, kVectors, kFull>;
+    case 5: return FilterGradTile<5, kVectors, kFull>;
+    case 6: return FilterGradTile<6, kVectors, kFull>;
+    case 7: return FilterGradTile<7, kVectors, kFull>;
+    default: return FilterGradTile<8, kVectors, kFull>;
   }
 }
 
-FilterGradFn FilterGradFor(int64_t vectors, int64_t rows) {
+// `full`: whether the tile's last vector is full. AVX-512's masked loads cost what plain
+// ones do, so only AVX2 keeps a variant for each.
+FilterGradFn FilterGradFor(int64_t vectors, int64_t rows, bool full) {
 #if defined(PYAE_ISA_AVX512)
+  (void)full;
   switch (vectors) {
-    case 1: return FilterGradFor<1>(rows);
-    case 2: return FilterGradFor<2>(rows);
-    case 3: return FilterGradFor<3>(rows);
-    default: return FilterGradFor<4>(rows);
+    case 1: return FilterGradFor<1, false>(rows);
+    case 2: return FilterGradFor<2, false>(rows);
+    case 3: return FilterGradFor<3, false>(rows);
+    default: return FilterGradFor<4, false>(rows);
   }
 #else
-  return vectors == 1 ? FilterGradFor<1>(rows) : FilterGradFor<2>(rows);
+  if (full) return vectors == 1 ? FilterGradFor<1, true>(rows) : FilterGradFor<2, true>(rows);
+  return vectors == 1 ? FilterGradFor<1, false>(rows) : FilterGradFor<2, false>(rows);
 #endif
 }
 
@@ -955,12 +960,13 @@ void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* smal
         const int64_t width = std::min(kGradTileCols, cols - col);
         const int64_t vectors = VectorsFor(width);
         const int64_t tile = FilterGradRows(vectors);
+        const LastVector last = LastVectorOf(width);
         for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
           for (int64_t s = 0; s < span; s += tile) {
-            FilterGradFor(vectors, std::min(tile, span - s))(
+            FilterGradFor(vectors, std::min(tile, span - s), last.full)(
                 padded.data(), origins.data() + q, count, kh * padded.row_floats() + s,
                 rows + q * cols + col, cols, dfilter + (kh * span + s) * cols + col, cols,
-                LastVectorOf(width));
+                last);
           }
         }
       }
