@@ -913,26 +913,37 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
   std::vector<BlockEpilogue> epilogues = BlockEpilogues(filter, epilogue);
   const PaddedShape shape = PaddedSmall(g);
   PaddedImages padded(shape, shape.padded_height * shape.padded_width * shape.channels);
-  StrideClass cls;
   // Bands of whole rows, about a pass of pixels each, so on_rows sees them while in cache.
   const int64_t band_rows = std::max<int64_t>(1, kChunkPixels / g.big_w);
+  // Every image is padded into the same buffer, so the classes of each band and phase are
+  // the same for all: made once, not per image (a small image has little work to spread
+  // their cost over).
+  std::vector<StrideClass> classes;
+  for (int64_t row = 0; row < g.big_h; row += band_rows) {
+    const int64_t row_end = std::min(g.big_h, row + band_rows);
+    for (int64_t phase_h = 0; phase_h < g.stride_h; ++phase_h) {
+      for (int64_t phase_w = 0; phase_w < g.stride_w; ++phase_w) {
+        MakeStrideClass(g, shape, padded.row_floats(), phase_h, phase_w, row, row_end,
+                        &classes.emplace_back());
+      }
+    }
+  }
   for (int64_t image = first; image < end; ++image) {
     padded.FillImages(small, image, 1);
     float* out = big + image * g.big_pixels() * g.big_c;
+    const StrideClass* band_classes = classes.data();
     for (int64_t row = 0; row < g.big_h; row += band_rows) {
       const int64_t row_end = std::min(g.big_h, row + band_rows);
-      for (int64_t phase_h = 0; phase_h < g.stride_h; ++phase_h) {
-        for (int64_t phase_w = 0; phase_w < g.stride_w; ++phase_w) {
-          MakeStrideClass(g, shape, padded.row_floats(), phase_h, phase_w, row, row_end, &cls);
-          for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-            ForEachColumnTiles(filter.block_width(b), [&](const ColumnTiles& tiles, auto tile) {
-              using Tile = decltype(tile);
-              ListTiles<Tile::kRows, Tile::kVectors>(
-                  padded.data(), cls.origins, cls.at, 0, cls.taps, filter.block(b),
-                  filter.block_stride(b), out + filter.block_col(b), tiles,
-                  BlockEpilogueAt(epilogues, b), nullptr);
-            });
-          }
+      for (int64_t phase = 0; phase < g.stride_h * g.stride_w; ++phase) {
+        const StrideClass& cls = *band_classes++;
+        for (int64_t b = 0; b < filter.num_blocks(); ++b) {
+          ForEachColumnTiles(filter.block_width(b), [&](const ColumnTiles& tiles, auto tile) {
+            using Tile = decltype(tile);
+            ListTiles<Tile::kRows, Tile::kVectors>(
+                padded.data(), cls.origins, cls.at, 0, cls.taps, filter.block(b),
+                filter.block_stride(b), out + filter.block_col(b), tiles,
+                BlockEpilogueAt(epilogues, b), nullptr);
+          });
         }
       }
       on_rows(out + row * g.big_w * g.big_c, (row_end - row) * g.big_w);
