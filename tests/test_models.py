@@ -221,6 +221,29 @@ def test_contractive_estimate_matches_exact_jacobian():
     assert float(estimate) == pytest.approx(exact, rel=0.15)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_per_image_mse_and_its_gradient_are_the_tutorials(dtype):
+    rng = np.random.default_rng(3)
+    images = tf.constant(rng.random((3, 5, 4, 2)), dtype=dtype)
+    reconstruction = tf.constant(rng.random((3, 5, 4, 2)), dtype=dtype)
+    upstream = tf.constant(rng.standard_normal(3), dtype=dtype)
+
+    def tutorial_loss(x, y):
+        return tf.reduce_mean(tf.square(x - y), axis=[1, 2, 3])
+
+    results = []
+    for loss_fn in (objectives.per_image_mse, tutorial_loss):
+        with tf.GradientTape() as tape:
+            tape.watch([images, reconstruction])
+            loss = loss_fn(images, reconstruction)
+        results.append([loss, *tape.gradient(loss, [images, reconstruction],
+                                             output_gradients=upstream)])
+    tolerance = 1e-6 if dtype == "float32" else 1e-13
+    for ours, tutorials in zip(*results):
+        np.testing.assert_allclose(ours.numpy(), tutorials.numpy(), rtol=tolerance,
+                                   atol=tolerance)
+
+
 def test_objectives_are_selected_by_name_and_validated():
     assert [objectives.get(name).name for name in objectives.OBJECTIVES] == list(
         objectives.OBJECTIVES)
