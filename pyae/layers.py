@@ -8,7 +8,9 @@ its weights carry the Keras names and shapes (``kernel``, ``gamma``, ``beta``,
 
 The implementation is picked at call time (``impl="auto"``: native unless the call is
 traced for XLA, or the native op is slower or absent for the compute dtype);
-``layer.last_impl`` says which ran: "native", "native-bf16" or "tf".
+``layer.last_impl`` says which ran: "native", "native-bf16" or "tf". Under "mixed_bfloat16" a
+block with fewer than ``BF16_MIN_IN_CHANNELS`` input channels (a first layer) runs the float32
+native op, faster there.
 Under "mixed_bfloat16" the native op runs on bf16 activations (kernels for CPUs with
 AVX512-BF16, ``pyae.ops.bf16_info()``): outputs in bfloat16, variables, statistics and the
 batch norm in float32, as Keras computes its layers under that policy. Elsewhere under mixed
@@ -24,6 +26,12 @@ from pyae.ops import geometry
 
 _PACKAGE = "pyae"
 _HALF_DTYPES = ("float16", "bfloat16")
+# Under mixed_bfloat16, a block whose conv reduces over fewer input channels than this (the
+# tutorial models' first layers: 1 and 3) runs the float32 native op on cast inputs: its bf16
+# conv packs a 9- or 27-long reduction in pairs for a 32-wide output, where float32 wins
+# (fwd+bwd, bench/RESULTS.md "Mixed precision": Fashion-MNIST enc1 12.4 ms bf16 vs 7.7 ms
+# float32, Cartoon enc1 93.8 vs 69.4; every other block is faster in bf16).
+BF16_MIN_IN_CHANNELS = 4
 
 
 # --------------------------------------------------------------------------- validation
@@ -214,7 +222,9 @@ class _FusedConvBNLeakyReLUBase(keras.layers.Layer):
     def _resolve_impl(self):
         """"native", "native-bf16" (the native op on bf16 activations) or "tf"."""
         if self.compute_dtype == "bfloat16" and self.impl == "auto":
-            return "native-bf16" if pyae_ops.resolve_impl("auto", "bfloat16") == "native" else "tf"
+            if pyae_ops.resolve_impl("auto", "bfloat16") != "native":
+                return "tf"
+            return "native" if self._in_channels() < BF16_MIN_IN_CHANNELS else "native-bf16"
         if self.compute_dtype == "bfloat16" and self.impl == "native" and _has_bf16_kernels():
             return "native-bf16"
         if self.compute_dtype in _HALF_DTYPES and self.impl != "native":
@@ -222,12 +232,17 @@ class _FusedConvBNLeakyReLUBase(keras.layers.Layer):
         dtype = "float32" if self.compute_dtype in _HALF_DTYPES else self.compute_dtype
         return pyae_ops.resolve_impl(self.impl, dtype)
 
+    def _in_channels(self):
+        return self.kernel.shape[3 if self.transpose else 2]
+
     def _fused_float(self, inputs, use_batch_stats, impl):
-        """The fused op; inputs in half precision are computed in float32 (native op)."""
+        """The fused op; inputs in half precision are computed in float32 (native op), with
+        the kernel rounded to the compute dtype first, as Keras' conv under the policy uses it."""
         dtype = "float32" if self.compute_dtype in _HALF_DTYPES else self.compute_dtype
         gamma, beta = self._scale_and_offset(dtype)
+        kernel = tf.cast(tf.cast(self.kernel, self.compute_dtype), dtype)
         result = pyae_ops.fused_conv_bn_leaky_relu(
-            tf.cast(inputs, dtype), tf.cast(self.kernel, dtype), gamma, beta,
+            tf.cast(inputs, dtype), kernel, gamma, beta,
             tf.cast(self.moving_mean, dtype), tf.cast(self.moving_variance, dtype),
             strides=self.strides, padding=self.padding, epsilon=self.epsilon,
             negative_slope=self.negative_slope, training=use_batch_stats,

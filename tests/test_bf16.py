@@ -304,5 +304,6 @@ def float32_test_mse():
 
 def test_mixed_bfloat16_training_reaches_the_float32_test_mse(bf16_path, float32_test_mse):
     mse, impls = tutorial_test_mse("mixed_bfloat16")
-    assert impls == {"native-bf16" if bf16_path == "kernels" else "tf"}
+    # With the bf16 kernels, the 1-channel first block runs the float32 op (faster there).
+    assert impls == ({"native", "native-bf16"} if bf16_path == "kernels" else {"tf"})
     assert abs(mse - float32_test_mse) <= 0.05 * float32_test_mse, (mse, float32_test_mse)

@@ -313,16 +313,17 @@ void BackwardBlock(const ConvGeometry& g, const Preactivation& pre, const Bf16* 
                    float* dfilter_t) {
   const int64_t channels = g.z_channels();
   const int64_t z_rows = (end - first) * g.z_pixels();
-  std::vector<Bf16> dz_block(z_rows * channels);
+  ConvScratch scratch;
+  Bf16Buffer dz_block;  // uninitialised: ComputeDz writes every value
+  dz_block.Reserve(z_rows * channels);
   ComputeDz(pre, first * g.z_pixels(), z_rows, channels, dz_block.data());
   const Bf16* dz = dz_block.data() - first * g.z_pixels() * channels;
-  ConvScratch scratch;
   // Transposed, z is the conv's big image; else x is.
   FilterGradImages(g, g.transpose ? dz : x, g.transpose ? x : dz, first, end, &scratch,
                    dfilter_t);
   if (dx == nullptr) return;
   const int64_t x_values = (end - first) * g.x_pixels() * g.x_channels();
-  std::vector<float> dx_block(x_values);
+  Scratch dx_block(x_values);  // uninitialised: both convs write (or zero) every value
   float* dx_rows = dx_block.data() - first * g.x_pixels() * g.x_channels();
   if (g.transpose) {
     ConvImages(g, dz, dx_filters.as_is, first, end, &scratch, dx_rows);
