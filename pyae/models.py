@@ -170,7 +170,7 @@ class Autoencoder(keras.Model):
         from pyae import train as train_lib  # pylint: disable=import-outside-toplevel
 
         jit, self.chosen_step, self.step_reason = train_lib.choose_step(
-            jit_compile, auto_policy, kwargs.get("run_eagerly", False))
+            jit_compile, auto_policy, kwargs.get("run_eagerly", False), self.compute_dtype)
         self.seed = int(np.random.randint(2**31 - 1)) if seed is None else int(seed)
         self._step_reported = False
         super().compile(optimizer=optimizer or train_lib.default_optimizer(),

@@ -69,8 +69,13 @@ def jit_compile_for(step):
     return {"auto": "auto", "xla": True, "native": False}[step]
 
 
-def choose_step(jit_compile="auto", auto_policy="rule", run_eagerly=False):
-    """``(jit_compile, step name or None, reason)``; a None step is measured in ``fit``."""
+def choose_step(jit_compile="auto", auto_policy="rule", run_eagerly=False,
+                compute_dtype="float32"):
+    """``(jit_compile, step name or None, reason)``; a None step is measured in ``fit``.
+
+    ``compute_dtype`` is the model's (its dtype policy's): under "mixed_float16", or
+    "mixed_bfloat16" on a CPU without the bf16 kernels, the fused layers run the composite
+    ops, so the rule takes the XLA step as it does wherever the layers do."""
     if auto_policy not in AUTO_POLICIES:
         raise ValueError(f"auto_policy must be one of {AUTO_POLICIES}, received: "
                          f"auto_policy={auto_policy!r}")
@@ -91,7 +96,7 @@ def choose_step(jit_compile="auto", auto_policy="rule", run_eagerly=False):
                                      f"and {no_xla}: the graph step runs the composite TF ops")
         return True, "xla", (f"the native op library is not loaded ({_native_reason()}), so "
                              "XLA on the composite ops is the faster form")
-    layer_impl, why = ops.explain_impl("auto")
+    layer_impl, why = ops.explain_impl("auto", compute_dtype)
     if layer_impl != "native" and not no_xla:  # e.g. a CPU kernel path slower than TF's ops
         return True, "xla", (f"the fused layers run the composite ops here ({why}), and XLA "
                              "fuses those")

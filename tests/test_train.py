@@ -141,11 +141,26 @@ def test_auto_step_without_native_library_is_xla(monkeypatch):
 def test_auto_step_is_xla_where_the_layers_would_run_composite_ops(monkeypatch):
     monkeypatch.setattr(ops, "native_available", lambda: True)
     monkeypatch.setattr(ops, "explain_impl",
-                        lambda impl="auto": ("tf", "the generic CPU path is slower"))
+                        lambda impl="auto", dtype="float32": ("tf", "the generic CPU path is slower"))
     model = tiny_model()
     model.compile()
     assert model.jit_compile is True and model.chosen_step == "xla"
     assert "generic CPU path" in model.step_reason
+
+
+def test_auto_step_under_mixed_float16_is_xla_as_its_layers_run_composite_ops(monkeypatch,
+                                                                             images):
+    monkeypatch.setattr(ops, "native_available", lambda: True)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = tiny_model()
+        model.compile()
+        assert model.jit_compile is True and model.chosen_step == "xla"
+        assert "float16" in model.step_reason
+        history = model.fit(images, epochs=1, batch_size=32, verbose=0).history
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(history["loss"][0])
 
 
 def test_measured_step_keeps_the_faster_and_leaves_no_trace(images):
