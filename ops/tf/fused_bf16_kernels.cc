@@ -4,12 +4,12 @@
 #include <memory>
 #include <string>
 
+#include "cpu_crew.h"
 #include "fused_bf16.h"
 #include "fused_op_base.h"
 #include "parallel.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/threadpool.h"
 
 namespace pyae {
 namespace {
@@ -25,14 +25,6 @@ const Bf16* Bits(const Tensor& t) {
 Bf16* MutableBits(Tensor* t) { return reinterpret_cast<Bf16*>(t->flat<bfloat16>().data()); }
 
 const float* Floats(const Tensor& t) { return t.flat<float>().data(); }
-
-// As fused_kernels.cc: the op's intra-op pool, the calling thread working too.
-std::unique_ptr<Crew> CrewFor(OpKernelContext* ctx) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return std::make_unique<Crew>(pool->NumThreads() - 1, [pool](std::function<void()> work) {
-    pool->Schedule(std::move(work));
-  });
-}
 
 class FusedBf16Op : public FusedOpBase {
  public:

@@ -5,13 +5,13 @@
 #include <vector>
 
 #include "conv_geometry.h"
+#include "cpu_crew.h"
 #include "fused_conv_bn_lrelu.h"
 #include "fused_op_base.h"
 #include "isa.h"
 #include "parallel.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/threadpool.h"
 
 namespace pyae {
 namespace {
@@ -21,16 +21,6 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
-
-// A crew on the op's intra-op pool, hired as the op starts. The calling thread works too, so
-// it asks for one thread fewer than the pool has: running shards on every pool thread *and*
-// the caller would put more threads than cores to work, and a preempted one holds up the op.
-std::unique_ptr<Crew> CrewFor(OpKernelContext* ctx) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return std::make_unique<Crew>(pool->NumThreads() - 1, [pool](std::function<void()> work) {
-    pool->Schedule(std::move(work));
-  });
-}
 
 class FusedConvBnLeakyReluOp : public FusedOpBase {
  public:
