@@ -151,6 +151,13 @@ def test_bf16_op_gradients_within_rounding_bound_of_float64(rng, case, training)
     needs_bf16_kernels()
     inputs = make_inputs(rng, case)
     attrs = op_attrs(case, training)
+    dy, grads = native_bf16_gradients(rng, inputs, attrs)
+    assert grads[0].dtype == tf.bfloat16 and grads[1].dtype == tf.float32
+    assert_gradients_within_bounds(reference_inputs(inputs), attrs, dy.astype(np.float64), grads)
+
+
+def native_bf16_gradients(rng, inputs, attrs):
+    """A fresh bf16 upstream dy and the native bf16 op's [dx, dkernel, dgamma, dbeta] for it."""
     x = tf.constant(to_bf16(inputs["x"]))
     params = [tf.constant(inputs[name]) for name in ("kernel", "gamma", "beta")]
     with tf.GradientTape() as tape:
@@ -160,11 +167,7 @@ def test_bf16_op_gradients_within_rounding_bound_of_float64(rng, case, training)
             **attrs).y
         dy = to_bf16(rng.normal(size=y.shape))
         loss = tf.reduce_sum(tf.cast(y, tf.float32) * dy.astype(np.float32))
-    dx, dkernel, dgamma, dbeta = tape.gradient(loss, [x] + params)
-    assert dx.dtype == tf.bfloat16 and dkernel.dtype == tf.float32
-    exact = reference_inputs(inputs)
-    assert_gradients_within_bounds(exact, attrs, dy.astype(np.float64),
-                                   [dx, dkernel, dgamma, dbeta])
+    return dy, tape.gradient(loss, [x] + params)
 
 
 def inversion_error(exact, attrs, dy):
@@ -218,16 +221,7 @@ def test_bf16_op_gradients_on_both_backward_paths(rng, beta_over_gamma):
     signs = rng.choice([-1.0, 1.0], size=inputs["gamma"].shape)
     inputs["beta"] = (beta_over_gamma * signs * inputs["gamma"]).astype(np.float32)
     attrs = op_attrs(case, True)
-    x = tf.constant(to_bf16(inputs["x"]))
-    params = [tf.constant(inputs[name]) for name in ("kernel", "gamma", "beta")]
-    with tf.GradientTape() as tape:
-        tape.watch([x] + params)
-        y = pyae.ops.fused_conv_bn_leaky_relu(
-            x, *params, inputs["moving_mean"], inputs["moving_variance"], impl="native",
-            **attrs).y
-        dy = to_bf16(rng.normal(size=y.shape))
-        loss = tf.reduce_sum(tf.cast(y, tf.float32) * dy.astype(np.float32))
-    grads = tape.gradient(loss, [x] + params)
+    dy, grads = native_bf16_gradients(rng, inputs, attrs)
     assert_gradients_within_bounds(reference_inputs(inputs), attrs, dy.astype(np.float64), grads)
 
 
