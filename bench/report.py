@@ -56,6 +56,8 @@ sys.path.insert(0, BENCH_DIR)
 # An installed pyae wins; otherwise use the checkout this script lives in (in-place builds).
 sys.path.append(os.path.dirname(BENCH_DIR))
 import shapes  # noqa: E402
+import run_options  # noqa: E402
+from run_options import policy  # noqa: E402
 
 CONFIG_MODES = {
     "native": ("train_fwd", "train_fwdbwd", "infer_fwd"),
@@ -72,15 +74,6 @@ MOMENTUM = 0.99
 MIN_REPEATS = 5
 REPEAT_BUDGET_S = 3.0
 SETTLE_S = 0.005  # untimed calls of a config before each timed one (see _settle)
-# The Keras dtype policy the configs run under (--policy); an environment variable so that the
-# RSS subprocesses inherit it.
-POLICY_ENV = "PYAE_BENCH_POLICY"
-
-
-def policy():
-    return os.environ.get(POLICY_ENV, "float32")
-
-
 def compute_dtype(config):
     """The activations' dtype of `config` under the policy (native32 is always float32)."""
     if config == "native32" or policy() == "float32":
@@ -682,19 +675,10 @@ def _build_summary():
         + (f" ({native_module['reason']})" if native_module.get("reason") else ""),
         f"- CUDA built: {cuda.get('built')}; build type: {info.get('build_type')}; "
         f"compile flags: {info.get('compile_flags')}",
-        isa_line(info),
+        "- " + run_options.isa_line(info),
         f"- bf16 kernels: {info['bf16']['path']} ({info['bf16']['reason']}); dtype policy of "
         f"the configs: {policy()} (native32 always float32)",
     ]
-
-
-def isa_line(info):
-    """The CPU kernel path the native op runs on, and what the stock layers' oneDNN may use."""
-    isa = info.get("isa") or {}
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset (the best this CPU has)")
-    return (f"- CPU kernel path: {isa.get('active')} ({isa.get('reason')}); built "
-            f"{isa.get('built')}, this CPU runs {isa.get('supported')}; "
-            f"ONEDNN_MAX_CPU_ISA={onednn}")
 
 
 def _cpu_model():
@@ -802,24 +786,17 @@ def parse_args(argv=None):
     parser.add_argument("--peak-gbps", type=float, help="use this bandwidth instead of measuring it")
     parser.add_argument("--no-rss", dest="rss", action="store_false",
                         help="skip the per-config fresh-process RSS measurement")
-    parser.add_argument("--isa", choices=("avx512", "avx2", "generic", "auto"),
-                        help="the native op's CPU kernel path (default: PYAE_ISA or the best)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS,
                         help="only these configs (default: all but native32 in float32, all "
                              "but grappler under a mixed policy)")
-    parser.add_argument("--policy", choices=("float32", "mixed_bfloat16", "mixed_float16"),
-                        default="float32", help="the Keras dtype policy the configs run under")
+    run_options.add_options(parser, "the Keras dtype policy the configs run under")
     parser.add_argument("--modes", nargs="+", choices=shapes.MODES, default=list(shapes.MODES),
                         help="only these modes (default: all)")
     parser.add_argument("--rss-child", nargs=3, metavar=("BLOCK", "CONFIG", "MODE"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--rss-iterations", type=int, default=3, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
-    if options.isa:
-        # Before pyae loads, so the RSS subprocesses (which inherit the environment) use it too.
-        os.environ["PYAE_ISA"] = options.isa
-    if not options.rss_child:  # an RSS subprocess takes its policy from the parent's environment
-        os.environ[POLICY_ENV] = options.policy
+    run_options.apply(options, child=bool(options.rss_child))
     if options.configs is None:
         left_out = "native32" if options.policy == "float32" else "grappler"
         options.configs = [config for config in CONFIGS if config != left_out]

@@ -40,6 +40,7 @@ def _measured_label(config):
     """What the config actually ran, for the saved results."""
     return {
         "native": "pyae fused op, impl='native', tf.function",
+        "native32": "pyae fused op, impl='native', float32 whatever the policy, tf.function",
         "tf": "pyae fused op, impl='tf' (pure-TF fallback), tf.function",
         "keras": "Keras Conv+BatchNormalization+LeakyReLU, tf.function",
         "xla": "Keras Conv+BatchNormalization+LeakyReLU, tf.function(jit_compile=True)",

@@ -51,13 +51,16 @@ import tensorflow as tf  # noqa: E402
 
 from pyae import models, ops, train  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run_options  # noqa: E402
+from run_options import policy  # noqa: E402
+
 CONFIGS = ("tutorial", "pyae-native", "pyae-xla", "pyae-auto", "pyae-native-f32")
 # Mixed precision's targets (issue 14): the whole step under the policy vs the tutorial loop
 # under it, and vs pyae's own float32 step.
 TARGET_MIXED_SPEEDUP, TARGET_MIXED_VS_FLOAT32 = 2.0, 1.4
 BATCH_SIZES = {"fashion_mnist": 128, "cartoon": 32}
 LEARNING_RATE = 5e-4
-POLICY_ENV = "PYAE_BENCH_POLICY"  # an environment variable: the RSS subprocesses inherit it
 TARGET_SPEEDUP, TARGET_MEMORY_RATIO, TARGET_MSE_GAP = 1.5, 0.60, 0.05
 
 
@@ -96,7 +99,7 @@ def tutorial_train_step(enc, dec, optimizer):
 
 def config_policy(config):
     """The dtype policy `config` is built under (--policy, but float32 for *-f32 configs)."""
-    return "float32" if config.endswith("-f32") else os.environ.get(POLICY_ENV, "float32")
+    return "float32" if config.endswith("-f32") else policy()
 
 
 def build_model(model_name, config, seed=0):
@@ -298,13 +301,13 @@ def mixed_target_lines(model_name, speeds):
         return []
     native = speeds["pyae-native"]["images_per_s"]
     speedup = native / speeds["tutorial"]["images_per_s"]
-    policy = os.environ.get(POLICY_ENV)
-    lines = [f"- {model_name} {policy} pyae-native {speedup:.2f}x the tutorial loop under "
-             f"{policy} vs target {TARGET_MIXED_SPEEDUP}x: "
+    policy_name = policy()
+    lines = [f"- {model_name} {policy_name} pyae-native {speedup:.2f}x the tutorial loop under "
+             f"{policy_name} vs target {TARGET_MIXED_SPEEDUP}x: "
              f"{_verdict(speedup >= TARGET_MIXED_SPEEDUP)}"]
     if "pyae-native-f32" in speeds:
         ratio = native / speeds["pyae-native-f32"]["images_per_s"]
-        lines.append(f"- {model_name} {policy} pyae-native {ratio:.2f}x pyae's float32 native "
+        lines.append(f"- {model_name} {policy_name} pyae-native {ratio:.2f}x pyae's float32 native "
                      f"step vs target {TARGET_MIXED_VS_FLOAT32}x: "
                      f"{_verdict(ratio >= TARGET_MIXED_VS_FLOAT32)}")
     return lines
@@ -312,7 +315,7 @@ def mixed_target_lines(model_name, speeds):
 
 def target_lines(model_name, speeds, memory, quality_result):
     lines = []
-    if os.environ.get(POLICY_ENV, "float32") != "float32":
+    if policy() != "float32":
         lines += mixed_target_lines(model_name, speeds)
     best = max((c for c in speeds if c != "tutorial"), key=lambda c: speeds[c]["images_per_s"])
     judged = "pyae-auto" if "pyae-auto" in speeds else best  # --configs may leave auto out
@@ -345,8 +348,8 @@ def run_report(arguments):
     print(f"command: `python bench/training_report.py {' '.join(sys.argv[1:])}`  ")
     print(f"native op library: {'loaded' if ops.native_available() else 'not loaded'} "
           f"({ops.build_info()['tf_ops']['reason'] or 'ok'})  ")
-    print(isa_line() + "  ")
-    print(f"dtype policy: {os.environ.get(POLICY_ENV)} (pyae-native-f32: float32); bf16 kernels: "
+    print(run_options.isa_line(ops.build_info()) + "  ")
+    print(f"dtype policy: {policy()} (pyae-native-f32: float32); bf16 kernels: "
           f"{ops.build_info()['bf16']['path']}\n")
     summary = []
     for model_name in arguments.models:
@@ -365,14 +368,6 @@ def run_report(arguments):
     print("\n".join(summary))
 
 
-def isa_line():
-    """The native op's CPU kernel path, and what the stock layers' oneDNN may use."""
-    isa = ops.build_info()["isa"]
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset (the best this CPU has)")
-    return (f"CPU kernel path: {isa['active']} ({isa['reason']}); "
-            f"ONEDNN_MAX_CPU_ISA={onednn}")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="few steps, small quality check")
@@ -380,24 +375,18 @@ def main(argv=None):
                         choices=list(BATCH_SIZES))
     parser.add_argument("--no-rss", action="store_true", help="skip the RSS subprocesses")
     parser.add_argument("--no-quality", action="store_true", help="skip the MSE comparison")
-    parser.add_argument("--isa", choices=("avx512", "avx2", "generic", "auto"),
-                        help="the native op's CPU kernel path (default: PYAE_ISA or the best)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS,
                         help="only these configs (default: all; pyae-native-f32 only under a "
                              "mixed policy)")
-    parser.add_argument("--policy", choices=("float32", "mixed_bfloat16", "mixed_float16"),
-                        default="float32", help="the Keras dtype policy of every model")
+    run_options.add_options(parser, "the Keras dtype policy of every model")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "CONFIG", "STEPS"),
                         help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
-    if arguments.isa:
-        # Read at the op's first call; the RSS subprocesses inherit it.
-        os.environ["PYAE_ISA"] = arguments.isa
-    if arguments.rss_child:  # its policy comes from the parent's environment
+    run_options.apply(arguments, child=bool(arguments.rss_child))
+    if arguments.rss_child:
         model_name, config, count = arguments.rss_child
         rss_child(model_name, config, int(count))
         return
-    os.environ[POLICY_ENV] = arguments.policy
     if arguments.configs is None:
         arguments.configs = [config for config in CONFIGS
                              if arguments.policy != "float32" or not config.endswith("-f32")]
