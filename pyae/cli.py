@@ -355,75 +355,80 @@ def _add_train_parser(commands):
     parser.set_defaults(handler=command_train)
 
 
-def _add_analysis_parsers(commands):
-    parser = commands.add_parser(
-        "reconstruct", help="5x5 reconstruction grid + MSE/PSNR/SSIM",
-        description="Reconstruct test images with a trained run: writes reconstructions.png "
-                    "(originals above reconstructions, as the tutorial shows them) and the "
-                    "test set's MSE, PSNR and SSIM into metrics.json.")
+def _add_run_command(commands, name, help_text, description):
+    """A subcommand that reads a run folder (``--run DIR``)."""
+    parser = commands.add_parser(name, help=help_text, description=description)
     _add_run(parser)
-    parser.add_argument("--n", type=_positive_int, default=25, help="images shown (default 25)")
-    _add_common(parser)
-    parser.set_defaults(handler=command_reconstruct)
+    return parser
 
-    parser = commands.add_parser(
-        "latent", help="latent scatter + representation metrics",
-        description="Plot the test set's codes (latent_scatter.png: a 2-D latent as it is, a "
-                    "wider one projected by PCA or t-SNE) and score them with labels: linear "
-                    "probe, k-NN accuracy, k-means NMI/ARI, into metrics.json.")
-    _add_run(parser)
+
+def _finish_command(parser, handler):
+    _add_common(parser)
+    parser.set_defaults(handler=handler)
+
+
+def _add_samplers(parser):
+    parser.add_argument("--samplers", type=_sampler_list, default=list(SAMPLER_NAMES),
+                        help=f"comma-separated, from {','.join(SAMPLER_NAMES)} (default all)")
+
+
+def _add_analysis_parsers(commands):
+    parser = _add_run_command(
+        commands, "reconstruct", "5x5 reconstruction grid + MSE/PSNR/SSIM",
+        "Reconstruct test images with a trained run: writes reconstructions.png (originals "
+        "above reconstructions, as the tutorial shows them) and the test set's MSE, PSNR and "
+        "SSIM into metrics.json.")
+    parser.add_argument("--n", type=_positive_int, default=25, help="images shown (default 25)")
+    _finish_command(parser, command_reconstruct)
+
+    parser = _add_run_command(
+        commands, "latent", "latent scatter + representation metrics",
+        "Plot the test set's codes (latent_scatter.png: a 2-D latent as it is, a wider one "
+        "projected by PCA or t-SNE) and score them with labels: linear probe, k-NN accuracy, "
+        "k-means NMI/ARI, into metrics.json.")
     parser.add_argument("--projection", choices=PROJECTION_NAMES,
                         help="for latents wider than 2 (default pca; the tutorial uses tsne); "
                              "a 2-D latent is plotted as it is")
     parser.add_argument("--max-points", type=_positive_int, default=2000,
                         help="test images plotted (default 2000)")
-    _add_common(parser)
-    parser.set_defaults(handler=command_latent)
+    _finish_command(parser, command_latent)
 
-    parser = commands.add_parser(
-        "sample", help="decode latent samples per sampler, interpolate",
-        description="Fit each sampler to the training codes and decode its samples "
-                    "(samples_<sampler>.png), report how often they land in the latent "
-                    "space's holes, and decode paths between test images (interpolation.png).")
-    _add_run(parser)
-    parser.add_argument("--samplers", type=_sampler_list, default=list(SAMPLER_NAMES),
-                        help=f"comma-separated, from {','.join(SAMPLER_NAMES)} (default all)")
+    parser = _add_run_command(
+        commands, "sample", "decode latent samples per sampler, interpolate",
+        "Fit each sampler to the training codes and decode its samples "
+        "(samples_<sampler>.png), report how often they land in the latent space's holes, and "
+        "decode paths between test images (interpolation.png).")
+    _add_samplers(parser)
     parser.add_argument("--n", type=_positive_int, default=10, help="samples shown (default 10)")
     parser.add_argument("--interpolation", choices=("lerp", "slerp"), default="lerp",
                         help="straight (lerp, default) or spherical (slerp) paths")
-    _add_common(parser)
-    parser.set_defaults(handler=command_sample)
+    _finish_command(parser, command_sample)
 
-    parser = commands.add_parser(
-        "evaluate", help="every metric of a run into metrics.json",
-        description="Compute every metric of a trained run without figures (reconstruction, "
-                    "representation, samplers, decoder consistency), write them into "
-                    "metrics.json and print the whole file.")
-    _add_run(parser)
-    parser.add_argument("--samplers", type=_sampler_list, default=list(SAMPLER_NAMES),
-                        help=f"comma-separated, from {','.join(SAMPLER_NAMES)} (default all)")
+    parser = _add_run_command(
+        commands, "evaluate", "every metric of a run into metrics.json",
+        "Compute every metric of a trained run without figures (reconstruction, "
+        "representation, samplers, decoder consistency), write them into metrics.json and "
+        "print the whole file.")
+    _add_samplers(parser)
     parser.add_argument("--n", type=_positive_int, default=500,
                         help="samples per sampler for the sampler report (default 500)")
-    _add_common(parser)
-    parser.set_defaults(handler=command_evaluate)
+    _finish_command(parser, command_evaluate)
 
 
 def _add_application_parsers(commands):
-    parser = commands.add_parser(
-        "denoise", help="add Gaussian noise to test images and reconstruct them",
-        description="Denoise noisy test images with a trained run; works best with a model "
-                    "trained with `pyae train --objective denoising`. Writes denoise.png and "
-                    "PSNR before/after into metrics.json.")
-    _add_run(parser)
+    parser = _add_run_command(
+        commands, "denoise", "add Gaussian noise to test images and reconstruct them",
+        "Denoise noisy test images with a trained run; works best with a model trained with "
+        "`pyae train --objective denoising`. Writes denoise.png and PSNR before/after into "
+        "metrics.json.")
     parser.add_argument("--noise-std", type=_non_negative_float, default=0.3,
                         help="noise standard deviation (default 0.3)")
     _add_restoration_options(parser, command_denoise)
 
-    parser = commands.add_parser(
-        "inpaint", help="blank a random square of test images and fill it in",
-        description="Inpaint test images with a random square hole. Writes inpaint.png and "
-                    "PSNR before/after into metrics.json.")
-    _add_run(parser)
+    parser = _add_run_command(
+        commands, "inpaint", "blank a random square of test images and fill it in",
+        "Inpaint test images with a random square hole. Writes inpaint.png and PSNR "
+        "before/after into metrics.json.")
     parser.add_argument("--mask-fraction", type=_fraction, default=0.25,
                         help="fraction of each image masked (default 0.25)")
     _add_restoration_options(parser, command_inpaint)
@@ -433,8 +438,7 @@ def _add_restoration_options(parser, handler):
     parser.add_argument("--images", type=_positive_int, default=256,
                         help="test images corrupted for the PSNR (default 256)")
     parser.add_argument("--n", type=_positive_int, default=8, help="images shown (default 8)")
-    _add_common(parser)
-    parser.set_defaults(handler=handler)
+    _finish_command(parser, handler)
 
 
 def _add_bench_parser(commands):
