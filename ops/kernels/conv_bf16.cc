@@ -218,6 +218,10 @@ int64_t RoundUpEven(int64_t n) { return (n + 1) / 2 * 2; }
 
 void ConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter, int64_t first,
                 int64_t end, ConvScratch* scratch, float* small) {
+  if (DirectConvApplies(g)) {
+    DirectConvImages(g, big, filter, first, end, scratch, small);
+    return;
+  }
   const int64_t ld = RoundUpEven(g.patch_size());
   const int64_t tile = TileRows(ld);
   scratch->cols.Reserve(tile * ld);
@@ -231,6 +235,10 @@ void ConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter
 
 void ConvTransposeImages(const ConvGeometry& g, const Bf16* small, const PairPacked& filter_t,
                          int64_t first, int64_t end, ConvScratch* scratch, float* big) {
+  if (DirectTransposeApplies(g)) {
+    DirectConvTransposeImages(g, small, filter_t, first, end, scratch, big);
+    return;
+  }
   const int64_t patch = g.patch_size();
   std::memset(big + first * g.big_pixels() * g.big_c, 0,
               sizeof(float) * (end - first) * g.big_pixels() * g.big_c);
@@ -288,6 +296,10 @@ void PackFilter(const ConvGeometry& g, const float* filter, PairPacked* packed) 
 }
 
 void PackFilterTransposed(const ConvGeometry& g, const float* filter, PairPacked* packed) {
+  if (DirectTransposeApplies(g)) {
+    PackTapFilter(g, filter, packed);
+    return;
+  }
   const int64_t cols = g.small_c;
   packed->Fill(cols, g.patch_size(), [&](int64_t r, int64_t c) { return filter[c * cols + r]; });
 }

@@ -1,5 +1,6 @@
-// The AVX512-BF16 convolutions (namespace pyae::avx512bf16): im2col into bf16 rows and a GEMM
-// on vdpbf16ps with float32 accumulators. vdpbf16ps adds, to each float32 lane, the products
+// The AVX512-BF16 convolutions (namespace pyae::avx512bf16) on vdpbf16ps with float32
+// accumulators: direct ones (direct_bf16.cc) where the reduction's channel count is even, else
+// im2col into bf16 rows and a GEMM (col2im for the transposed conv). vdpbf16ps adds, to each float32 lane, the products
 // of one *pair* of bf16 values, so the reduction axis is consumed two at a time: the left
 // operand's rows hold the pairs next to each other (a row-major matrix with an even row
 // length, a zero after an odd one), and the right one is packed with the two rows of each
@@ -99,20 +100,59 @@ void PairPacked::Fill(int64_t rows, int64_t cols, Matrix matrix) {
   }
 }
 
+// One run of a patch that lies contiguous both in a padded input and in the filter's rows:
+// `pairs` bf16 pairs from `offset` (bf16 values past a pixel's patch origin) against the
+// filter's pair rows from `pair` (direct_bf16.cc).
+struct Bf16Slice {
+  int64_t offset, pair, pairs;
+};
+
+// Output pixels the direct kernels compute together: each one's patch origin in the padded
+// input and its output row (in values from the output's start).
+struct Bf16Pixels {
+  std::vector<int64_t> origins, at;
+};
+
 // Per-task scratch of the three convolutions.
 struct ConvScratch {
-  Bf16Buffer cols, rows;
+  Bf16Buffer cols, rows, padded;
   std::vector<float> floats;
   PairPacked packed;
+  Bf16Pixels pixels;
 };
+
+// The direct kernels (direct_bf16.cc) run a conv whose reduction has an even channel count
+// (so the channel pairs vdpbf16ps takes lie next to each other in NHWC): conv(big) when big_c
+// is even, conv^T(small) when small_c is. The others run im2col + GEMM (+ col2im).
+bool DirectConvApplies(const ConvGeometry& g);
+bool DirectTransposeApplies(const ConvGeometry& g);
+
+// small rows of images [first, end) = conv(big), `filter` packed by PackFilter; float32 or
+// rounded to bf16. Needs DirectConvApplies(g).
+void DirectConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter,
+                      int64_t first, int64_t end, ConvScratch* scratch, float* small);
+void DirectConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter,
+                      int64_t first, int64_t end, ConvScratch* scratch, Bf16* small);
+
+// big images [first, end) = conv^T(small), `filter` packed by PackTapFilter; every value
+// written. Needs DirectTransposeApplies(g).
+void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
+                               const PairPacked& filter, int64_t first, int64_t end,
+                               ConvScratch* scratch, float* big);
+void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
+                               const PairPacked& filter, int64_t first, int64_t end,
+                               ConvScratch* scratch, Bf16* big);
+
+// The filter regrouped per tap for DirectConvTransposeImages: rows tap * small_c + co,
+// columns big_c.
+void PackTapFilter(const ConvGeometry& g, const float* filter, PairPacked* packed);
 
 // small rows of images [first, end) = conv(big) (whole-batch layout); `filter` packs the
 // [patch, small_c] filter matrix.
 void ConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter, int64_t first,
                 int64_t end, ConvScratch* scratch, float* small);
 
-// big images [first, end) = conv^T(small) (zeroed first); `filter_t` packs the filter matrix
-// transposed, [small_c, patch].
+// big images [first, end) = conv^T(small); `filter_t` is PackFilterTransposed's.
 void ConvTransposeImages(const ConvGeometry& g, const Bf16* small, const PairPacked& filter_t,
                          int64_t first, int64_t end, ConvScratch* scratch, float* big);
 
@@ -120,7 +160,9 @@ void ConvTransposeImages(const ConvGeometry& g, const Bf16* small, const PairPac
 void FilterGradImages(const ConvGeometry& g, const Bf16* big, const Bf16* small, int64_t first,
                       int64_t end, ConvScratch* scratch, float* dfilter_t);
 
-// The filter matrix [patch, small_c] packed as it is / transposed.
+// The filter matrix [patch, small_c] packed as it is (for ConvImages), and for
+// ConvTransposeImages: PackTapFilter's where DirectTransposeApplies, else transposed
+// [small_c, patch] for the GEMM.
 void PackFilter(const ConvGeometry& g, const float* filter, PairPacked* packed);
 void PackFilterTransposed(const ConvGeometry& g, const float* filter, PairPacked* packed);
 

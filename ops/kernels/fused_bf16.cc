@@ -322,6 +322,15 @@ void BackwardBlock(const ConvGeometry& g, const Preactivation& pre, const Bf16* 
   FilterGradImages(g, g.transpose ? dz : x, g.transpose ? x : dz, first, end, &scratch,
                    dfilter_t);
   if (dx == nullptr) return;
+  // The direct kernels round dx to bf16 as they store it.
+  if (g.transpose && DirectConvApplies(g)) {
+    DirectConvImages(g, dz, dx_filters.as_is, first, end, &scratch, dx);
+    return;
+  }
+  if (!g.transpose && DirectTransposeApplies(g)) {
+    DirectConvTransposeImages(g, dz, dx_filters.transposed, first, end, &scratch, dx);
+    return;
+  }
   const int64_t x_values = (end - first) * g.x_pixels() * g.x_channels();
   Scratch dx_block(x_values);  // uninitialised: both convs write (or zero) every value
   float* dx_rows = dx_block.data() - first * g.x_pixels() * g.x_channels();

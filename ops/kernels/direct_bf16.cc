@@ -1,0 +1,308 @@
+// The AVX512-BF16 convolutions without im2col or col2im (conv_bf16.h): a tile of output pixels
+// reads its patches straight from a zero-bordered bf16 copy of the input, each pixel's pair of
+// channels broadcast as one 32-bit value, against the pair-packed filter on vdpbf16ps. The
+// reduction runs over channels, which NHWC keeps next to each other, so an even channel count
+// gives the pairs vdpbf16ps wants without copying patches (the im2col route writes 2.25-9x the
+// input's bytes and the col2im route scatters float32 patches back). The transposed conv
+// gathers: each output pixel of one stride phase reads the same taps at fixed offsets.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "conv_bf16.h"
+
+#include "bf16_target.h"  // after every other include
+
+namespace pyae {
+namespace avx512bf16 {
+namespace {
+
+// Output pixels computed together: their small images (or bands of one) stay in L2.
+constexpr int64_t kChunkPixels = 512;
+// 6 pixels x 4 vectors: 24 accumulators, 4 filter vectors and a broadcast of 32 registers.
+constexpr int64_t kTileRows = 6;
+
+inline void StoreVector(float* p, __mmask16 mask, __m512 v) { _mm512_mask_storeu_ps(p, mask, v); }
+
+inline void StoreVector(Bf16* p, __mmask16 mask, __m512 v) {
+  _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// out[at[r]][0, 16 kVectors) = sum over the slices of patch pairs x filter pair rows, for the
+// kRows pixels whose patches start at base + origin[r]. `filter` is one column block
+// (`pair_stride` bf16 values from one pair row to the next); the last vector stores `last`.
+template <int kRows, int kVectors, typename Out>
+void GatherTile(const Bf16* base, const int64_t* origin, const Bf16Slice* slices,
+                int64_t num_slices, const Bf16* filter, int64_t pair_stride, Out* out,
+                const int64_t* at, __mmask16 last) {
+  __m512 acc[kRows][kVectors];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kVectors; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  for (int64_t s = 0; s < num_slices; ++s) {
+    const Bf16* rows[kRows];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) rows[r] = base + origin[r] + slices[s].offset;
+    const Bf16* w = filter + slices[s].pair * pair_stride;
+    for (int64_t k = 0; k < slices[s].pairs; ++k, w += pair_stride) {
+      __m512i wv[kVectors];
+#pragma GCC unroll 4
+      for (int j = 0; j < kVectors; ++j) wv[j] = _mm512_loadu_si512(w + 32 * j);
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, rows[r] + 2 * k, sizeof(pair));
+        const __m512i broadcast = _mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+        for (int j = 0; j < kVectors; ++j) {
+          acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)broadcast, (__m512bh)wv[j]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kVectors; ++j) {
+      StoreVector(out + at[r] + 16 * j, j + 1 == kVectors ? last : 0xFFFF, acc[r][j]);
+    }
+  }
+}
+
+template <typename Out>
+using GatherFn = void (*)(const Bf16*, const int64_t*, const Bf16Slice*, int64_t, const Bf16*,
+                          int64_t, Out*, const int64_t*, __mmask16);
+
+template <int kVectors, typename Out>
+GatherFn<Out> GatherFor(int64_t rows) {
+  switch (rows) {
+    case 1: return GatherTile<1, kVectors, Out>;
+    case 2: return GatherTile<2, kVectors, Out>;
+    case 3: return GatherTile<3, kVectors, Out>;
+    case 4: return GatherTile<4, kVectors, Out>;
+    case 5: return GatherTile<5, kVectors, Out>;
+    default: return GatherTile<6, kVectors, Out>;
+  }
+}
+
+template <typename Out>
+GatherFn<Out> GatherFor(int64_t vectors, int64_t rows) {
+  switch (vectors) {
+    case 1: return GatherFor<1, Out>(rows);
+    case 2: return GatherFor<2, Out>(rows);
+    case 3: return GatherFor<3, Out>(rows);
+    default: return GatherFor<4, Out>(rows);
+  }
+}
+
+// Every pixel of `pixels` against every column block of `filter`: out + at[i] is pixel i's
+// output row.
+template <typename Out>
+void GatherPixels(const Bf16* base, const Bf16Pixels& pixels, const std::vector<Bf16Slice>& slices,
+                  const PairPacked& filter, Out* out) {
+  const int64_t count = static_cast<int64_t>(pixels.origins.size());
+  for (int64_t b = 0; b < filter.num_blocks(); ++b) {
+    const int64_t width = filter.block_width(b);
+    const int64_t vectors = (width + 15) / 16;
+    const int64_t last_lanes = width - (vectors - 1) * 16;
+    const __mmask16 last =
+        last_lanes >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << last_lanes) - 1);
+    const GatherFn<Out> full = GatherFor<Out>(vectors, kTileRows);
+    for (int64_t m = 0; m < count; m += kTileRows) {
+      const int64_t rows = std::min(kTileRows, count - m);
+      (rows == kTileRows ? full : GatherFor<Out>(vectors, rows))(
+          base, pixels.origins.data() + m, slices.data(), slices.size(), filter.block(b),
+          filter.block_stride(b) * 2, out + filter.block_col(b), pixels.at.data() + m, last);
+    }
+  }
+}
+
+// One image's rows [row_begin, row_end) in padded coordinates (padded row p is image row
+// p - pad_top, padded column q image column q - pad_left), zero outside the image.
+struct PaddedLayout {
+  int64_t height, width, channels, pad_top, pad_left, padded_width;
+  int64_t row_values() const { return padded_width * channels; }
+};
+
+void FillPadded(const PaddedLayout& l, const Bf16* image, int64_t row_begin, int64_t row_end,
+                Bf16* out) {
+  const int64_t c = l.channels;
+  for (int64_t p = row_begin; p < row_end; ++p, out += l.row_values()) {
+    const int64_t h = p - l.pad_top;
+    if (h < 0 || h >= l.height) {
+      std::memset(out, 0, sizeof(Bf16) * l.row_values());
+      continue;
+    }
+    std::memset(out, 0, sizeof(Bf16) * l.pad_left * c);
+    std::memcpy(out + l.pad_left * c, image + h * l.width * c, sizeof(Bf16) * l.width * c);
+    std::memset(out + (l.pad_left + l.width) * c, 0,
+                sizeof(Bf16) * (l.padded_width - l.pad_left - l.width) * c);
+  }
+}
+
+// small = conv(big) over images [first, end): chunks of whole images, or bands of one image's
+// small rows, each copied padded and gathered. Every kernel row's taps x channels are one
+// slice, contiguous in the padded rows and in the filter.
+template <typename Out>
+void DirectConv(const ConvGeometry& g, const Bf16* big, const PairPacked& filter, int64_t first,
+                int64_t end, ConvScratch* scratch, Out* small) {
+  const int64_t c = g.big_c;
+  const PaddedLayout layout{g.big_h, g.big_w, c, g.pad_top, g.pad_left,
+                            std::max(g.big_w + g.pad_left,
+                                     (g.small_w - 1) * g.stride_w + g.kernel_w)};
+  const int64_t row_values = layout.row_values();
+  std::vector<Bf16Slice> slices;
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+    slices.push_back({kh * row_values, kh * g.kernel_w * c / 2, g.kernel_w * c / 2});
+  }
+  // Whole images per chunk when they are small, else bands of `band` small rows.
+  const int64_t images = std::max<int64_t>(1, kChunkPixels / std::max<int64_t>(1, g.small_pixels()));
+  const int64_t band = images > 1 ? g.small_h
+                                  : std::clamp<int64_t>(kChunkPixels / g.small_w, 1, g.small_h);
+  const int64_t band_padded_rows = (band - 1) * g.stride_h + g.kernel_h;
+  const int64_t image_values = band_padded_rows * row_values;
+  scratch->padded.Reserve(images * image_values);
+  Bf16Pixels& pixels = scratch->pixels;
+  for (int64_t image = first; image < end; image += images) {
+    const int64_t count = std::min(images, end - image);
+    for (int64_t row = 0; row < g.small_h; row += band) {
+      const int64_t rows = std::min(band, g.small_h - row);
+      const int64_t padded_begin = row * g.stride_h;
+      const int64_t padded_end = (row + rows - 1) * g.stride_h + g.kernel_h;
+      pixels.origins.clear();
+      pixels.at.clear();
+      for (int64_t i = 0; i < count; ++i) {
+        FillPadded(layout, big + (image + i) * g.big_pixels() * c, padded_begin, padded_end,
+                   scratch->padded.data() + i * image_values);
+        for (int64_t oh = row; oh < row + rows; ++oh) {
+          for (int64_t ow = 0; ow < g.small_w; ++ow) {
+            pixels.origins.push_back(i * image_values + (oh - row) * g.stride_h * row_values +
+                                     ow * g.stride_w * c);
+            pixels.at.push_back(((image + i) * g.small_pixels() + oh * g.small_w + ow) *
+                                g.small_c);
+          }
+        }
+      }
+      GatherPixels(scratch->padded.data(), pixels, slices, filter, small);
+    }
+  }
+}
+
+// The small image padded so that every tap of every big pixel lands inside: rows before it
+// for the taps that reach above row 0, after it up to the last row a big pixel reads.
+PaddedLayout PaddedSmall(const ConvGeometry& g) {
+  auto before = [](int64_t kernel, int64_t pad, int64_t stride) {
+    return std::max<int64_t>(0, (kernel - 1 - pad + stride - 1) / stride);
+  };
+  const int64_t left = before(g.kernel_w, g.pad_left, g.stride_w);
+  const int64_t cols = (g.big_w - 1 + g.pad_left) / g.stride_w + 1;
+  return {g.small_h, g.small_w, g.small_c, before(g.kernel_h, g.pad_top, g.stride_h), left,
+          left + std::max(g.small_w, cols)};
+}
+
+int64_t PaddedSmallRows(const ConvGeometry& g, const PaddedLayout& layout) {
+  const int64_t rows = (g.big_h - 1 + g.pad_top) / g.stride_h + 1;
+  return layout.pad_top + std::max(g.small_h, rows);
+}
+
+// The big pixels of one stride phase ((ih + pad_top) % stride_h, (iw + pad_left) % stride_w):
+// tap (kh, kw) of the phase reads the small pixel (kh - phase) / stride rows and columns before
+// the pixel's origin, so one slice per tap (the small image's channels against the tap's
+// filter rows) serves them all.
+struct StridePhase {
+  std::vector<Bf16Slice> slices;
+  Bf16Pixels pixels;  // origins in one padded small image, `at` in one big image
+};
+
+std::vector<StridePhase> StridePhases(const ConvGeometry& g, const PaddedLayout& layout) {
+  const int64_t row_values = layout.row_values();
+  std::vector<StridePhase> phases;
+  for (int64_t phase_h = 0; phase_h < g.stride_h; ++phase_h) {
+    for (int64_t phase_w = 0; phase_w < g.stride_w; ++phase_w) {
+      StridePhase& phase = phases.emplace_back();
+      for (int64_t kh = phase_h; kh < g.kernel_h; kh += g.stride_h) {
+        for (int64_t kw = phase_w; kw < g.kernel_w; kw += g.stride_w) {
+          phase.slices.push_back({-((kh - phase_h) / g.stride_h) * row_values -
+                                      ((kw - phase_w) / g.stride_w) * g.small_c,
+                                  (kh * g.kernel_w + kw) * g.small_c / 2, g.small_c / 2});
+        }
+      }
+      for (int64_t ih = 0; ih < g.big_h; ++ih) {
+        if ((ih + g.pad_top) % g.stride_h != phase_h) continue;
+        const int64_t oh = (ih + g.pad_top - phase_h) / g.stride_h + layout.pad_top;
+        for (int64_t iw = 0; iw < g.big_w; ++iw) {
+          if ((iw + g.pad_left) % g.stride_w != phase_w) continue;
+          const int64_t ow = (iw + g.pad_left - phase_w) / g.stride_w + layout.pad_left;
+          phase.pixels.origins.push_back(oh * row_values + ow * g.small_c);
+          phase.pixels.at.push_back((ih * g.big_w + iw) * g.big_c);
+        }
+      }
+    }
+  }
+  return phases;
+}
+
+// big = conv^T(small) over images [first, end), an image at a time: every big pixel is
+// written once (a phase without taps writes zeros).
+template <typename Out>
+void DirectConvTranspose(const ConvGeometry& g, const Bf16* small, const PairPacked& filter,
+                         int64_t first, int64_t end, ConvScratch* scratch, Out* big) {
+  const PaddedLayout layout = PaddedSmall(g);
+  const int64_t padded_rows = PaddedSmallRows(g, layout);
+  scratch->padded.Reserve(padded_rows * layout.row_values());
+  const std::vector<StridePhase> phases = StridePhases(g, layout);
+  for (int64_t image = first; image < end; ++image) {
+    FillPadded(layout, small + image * g.small_pixels() * g.small_c, 0, padded_rows,
+               scratch->padded.data());
+    for (const StridePhase& phase : phases) {
+      GatherPixels(scratch->padded.data(), phase.pixels, phase.slices, filter,
+                   big + image * g.big_pixels() * g.big_c);
+    }
+  }
+}
+
+}  // namespace
+
+bool DirectConvApplies(const ConvGeometry& g) { return g.big_c % 2 == 0; }
+
+bool DirectTransposeApplies(const ConvGeometry& g) { return g.small_c % 2 == 0; }
+
+void DirectConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter,
+                      int64_t first, int64_t end, ConvScratch* scratch, float* small) {
+  DirectConv(g, big, filter, first, end, scratch, small);
+}
+
+void DirectConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter,
+                      int64_t first, int64_t end, ConvScratch* scratch, Bf16* small) {
+  DirectConv(g, big, filter, first, end, scratch, small);
+}
+
+void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
+                               const PairPacked& filter, int64_t first, int64_t end,
+                               ConvScratch* scratch, float* big) {
+  DirectConvTranspose(g, small, filter, first, end, scratch, big);
+}
+
+void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
+                               const PairPacked& filter, int64_t first, int64_t end,
+                               ConvScratch* scratch, Bf16* big) {
+  DirectConvTranspose(g, small, filter, first, end, scratch, big);
+}
+
+void PackTapFilter(const ConvGeometry& g, const float* filter, PairPacked* packed) {
+  // Row tap * small_c + co, column ci: the filter matrix's row tap * big_c + ci, column co.
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  packed->Fill(taps * g.small_c, g.big_c, [&](int64_t r, int64_t c) {
+    const int64_t tap = r / g.small_c, co = r - tap * g.small_c;
+    return filter[(tap * g.big_c + c) * g.small_c + co];
+  });
+}
+
+}  // namespace avx512bf16
+}  // namespace pyae
+
+#include "bf16_target_end.h"
