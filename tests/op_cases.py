@@ -34,6 +34,8 @@ AWKWARD = [
     (2, 3, 2, 4, 3, 5, 1, "same", False),      # kernel larger than the image
     (2, 9, 8, 20, 44, 3, 2, "same", False),    # partial column tiles: 44 = 32 + 12, dx 20
     (2, 5, 6, 24, 88, 3, 2, "same", True),     # two column blocks: 88 = 64 + 24
+    (1, 30, 23, 5, 20, 5, 2, "valid", True),   # transposed conv in bands of rows, k 5
+    (1, 45, 40, 16, 8, 4, 3, "same", False),   # its dx in bands, even kernel, stride 3
 ]
 ALL_SHAPES = FASHION_BLOCKS + CARTOON_BLOCKS + AWKWARD
 

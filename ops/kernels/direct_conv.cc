@@ -207,10 +207,6 @@ class PaddedImages {
     }
   }
 
-  void FillImages(const float* images, int64_t first_image, int64_t count) {
-    Fill(images, first_image, count, 0, shape_.padded_height);
-  }
-
  private:
   PaddedShape shape_;
   Scratch buffer_;
@@ -514,6 +510,20 @@ void ConvTileRows(int64_t rows, const float* padded, const int64_t* origin,
                             columns, epilogue);
 }
 
+// Brings the output rows of the pixels [begin, begin + kRows) of a list into L1 a tile ahead
+// of the tile that stores them. Scattered rows (the strided transposed conv writes every
+// other pixel of every other row, class after class) defeat the hardware's stream
+// prefetchers, and a tile's stores would otherwise each wait for their line to arrive.
+template <int kRows>
+void PrefetchRows(const float* out, const std::vector<int64_t>& at, int64_t begin,
+                  int64_t pixels, int64_t row_bytes) {
+  const int64_t end = std::min<int64_t>(begin + kRows, pixels);
+  for (int64_t q = begin; q < end; ++q) {
+    const char* row = reinterpret_cast<const char*>(out + at[q]);
+    for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+  }
+}
+
 // A run of `count` column tiles of one shape, kTileCols apart from column `first` of a block
 // (all of a block's full tiles, or its one partial tile).
 struct ColumnTiles {
@@ -534,9 +544,14 @@ void ListTiles(const float* padded, const std::vector<int64_t>& origins,
   int64_t tile_origin[kRows], tile_at[kRows];
   for (int r = 0; r < kRows; ++r) tile_at[r] = r * row_stride;
   const int64_t pixels = origins.size();
+  // The bytes of each output row the column tiles write, from their first column.
+  const int64_t row_bytes =
+      static_cast<int64_t>(sizeof(float)) *
+      ((tiles.count - 1) * kTileCols + kVectors * Simd::kLanes);
   for (size_t i = 0; i < groups.size(); ++i) {
     for (int64_t m = 0; m < pixels; m += kRows) {
       const int64_t valid = std::min<int64_t>(kRows, pixels - m);
+      if (row_stride == 0) PrefetchRows<kRows>(out + tiles.first, at, m + kRows, pixels, row_bytes);
       // A fixed count unrolls; entries past `valid` repeat the last pixel and go unused.
       for (int r = 0; r < kRows; ++r) {
         tile_origin[r] = origins[m + std::min<int64_t>(r, valid - 1)];
@@ -742,10 +757,28 @@ struct StrideClass {
   std::vector<int64_t> at;       // in the big image's rows
 };
 
-// Rows [row_begin, row_end) of the big image, phases (phase_h, phase_w).
+// A band of big rows [begin, end) and the padded small rows [small_begin, small_end) its
+// taps read: only those are copied into the padded buffer for it, so the copy stays in L1/L2
+// while the band's tiles read it (a whole padded image, 1.1 MB at 64x64x64, left L2 before
+// its first band was done).
+struct Band {
+  int64_t begin, end;
+  int64_t small_begin, small_end;
+};
+
+Band BandOf(const ConvGeometry& g, const PaddedShape& shape, int64_t begin, int64_t end) {
+  // Big row ih's taps read padded small rows (ih + pad_top) / stride_h + pad_top (its origin,
+  // the shape's pad_top) and up to (kernel_h - 1) / stride_h rows before it.
+  const int64_t first_origin = (begin + g.pad_top) / g.stride_h + shape.pad_top;
+  const int64_t last_origin = (end - 1 + g.pad_top) / g.stride_h + shape.pad_top;
+  return {begin, end, std::max<int64_t>(0, first_origin - (g.kernel_h - 1) / g.stride_h),
+          std::min(shape.padded_height, last_origin + 1)};
+}
+
+// The band's pixels of phases (phase_h, phase_w), origins from the band's first small row.
 void MakeStrideClass(const ConvGeometry& g, const PaddedShape& shape, int64_t row_floats,
-                     int64_t phase_h, int64_t phase_w, int64_t row_begin, int64_t row_end,
-                     StrideClass* cls) {
+                     int64_t phase_h, int64_t phase_w, const Band& band, StrideClass* cls) {
+  const int64_t row_begin = band.begin, row_end = band.end;
   cls->taps.assign(1, {});
   cls->origins.clear();
   cls->at.clear();
@@ -759,7 +792,7 @@ void MakeStrideClass(const ConvGeometry& g, const PaddedShape& shape, int64_t ro
   }
   for (int64_t ih = row_begin; ih < row_end; ++ih) {
     if ((ih + g.pad_top) % g.stride_h != phase_h) continue;
-    const int64_t oh = (ih + g.pad_top - phase_h) / g.stride_h + shape.pad_top;
+    const int64_t oh = (ih + g.pad_top - phase_h) / g.stride_h + shape.pad_top - band.small_begin;
     for (int64_t iw = (phase_w - g.pad_left % g.stride_w + g.stride_w) % g.stride_w;
          iw < g.big_w; iw += g.stride_w) {
       const int64_t ow = (iw + g.pad_left - phase_w) / g.stride_w + shape.pad_left;
@@ -912,28 +945,33 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
                          const RowsCallback& on_rows, TileEpilogue* epilogue) {
   std::vector<BlockEpilogue> epilogues = BlockEpilogues(filter, epilogue);
   const PaddedShape shape = PaddedSmall(g);
-  PaddedImages padded(shape, shape.padded_height * shape.padded_width * shape.channels);
+  const int64_t row_floats = shape.padded_width * shape.channels;
   // Bands of whole rows, about a pass of pixels each, so on_rows sees them while in cache.
   const int64_t band_rows = std::max<int64_t>(1, kChunkPixels / g.big_w);
-  // Every image is padded into the same buffer, so the classes of each band and phase are
-  // the same for all: made once, not per image (a small image has little work to spread
-  // their cost over).
-  std::vector<StrideClass> classes;
+  std::vector<Band> bands;
+  int64_t band_floats = 0;
   for (int64_t row = 0; row < g.big_h; row += band_rows) {
-    const int64_t row_end = std::min(g.big_h, row + band_rows);
+    bands.push_back(BandOf(g, shape, row, std::min(g.big_h, row + band_rows)));
+    band_floats = std::max(band_floats,
+                           (bands.back().small_end - bands.back().small_begin) * row_floats);
+  }
+  PaddedImages padded(shape, band_floats);
+  // Every band of every image is padded into the same buffer, so the classes of each band and
+  // phase are the same for all images: made once, not per image (a small image has little
+  // work to spread their cost over).
+  std::vector<StrideClass> classes;
+  for (const Band& band : bands) {
     for (int64_t phase_h = 0; phase_h < g.stride_h; ++phase_h) {
       for (int64_t phase_w = 0; phase_w < g.stride_w; ++phase_w) {
-        MakeStrideClass(g, shape, padded.row_floats(), phase_h, phase_w, row, row_end,
-                        &classes.emplace_back());
+        MakeStrideClass(g, shape, row_floats, phase_h, phase_w, band, &classes.emplace_back());
       }
     }
   }
   for (int64_t image = first; image < end; ++image) {
-    padded.FillImages(small, image, 1);
     float* out = big + image * g.big_pixels() * g.big_c;
     const StrideClass* band_classes = classes.data();
-    for (int64_t row = 0; row < g.big_h; row += band_rows) {
-      const int64_t row_end = std::min(g.big_h, row + band_rows);
+    for (const Band& band : bands) {
+      padded.Fill(small, image, 1, band.small_begin, band.small_end);
       for (int64_t phase = 0; phase < g.stride_h * g.stride_w; ++phase) {
         const StrideClass& cls = *band_classes++;
         for (int64_t b = 0; b < filter.num_blocks(); ++b) {
@@ -946,7 +984,7 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
           });
         }
       }
-      on_rows(out + row * g.big_w * g.big_c, (row_end - row) * g.big_w);
+      on_rows(out + band.begin * g.big_w * g.big_c, (band.end - band.begin) * g.big_w);
     }
   }
 }
