@@ -72,6 +72,7 @@ EPSILON = 1e-3
 NEGATIVE_SLOPE = 0.3
 MOMENTUM = 0.99
 MIN_REPEATS = 5
+DEFAULT_REPEATS = 30
 REPEAT_BUDGET_S = 3.0
 SETTLE_S = 0.005  # untimed calls of a config before each timed one (see _settle)
 def compute_dtype(config):
@@ -294,14 +295,17 @@ def _settle(step):
         sync(step())
 
 
-def time_steps(steps, repeats, warmup):
-    """Median seconds of one call for each of ``steps`` (name -> step), timed interleaved.
+def time_rounds(steps, repeats, warmup):
+    """Seconds of one call of each of ``steps`` (name -> step) per round, timed interleaved:
+    ``{name: [seconds in round 0, round 1, ...]}``.
 
     One call of each step per round, the order reversed every other round, so a slow spell
-    of the machine lands on every step alike instead of on whichever ran then. Each timed
-    call follows untimed calls of the same step (``_settle``): every step is timed in its
-    steady state, never in the wake of another library. After ``warmup`` calls each (the
-    first one traces/compiles).
+    of the machine lands on every step alike instead of on whichever ran then, and the calls
+    of one round ran seconds apart at most: their ratio (``paired_ratios``) is what the
+    tables show, since this VM's speed drifts by up to 2x over a run. Each timed call follows
+    untimed calls of the same step (``_settle``): every step is timed in its steady state,
+    never in the wake of another library. After ``warmup`` calls each (the first one
+    traces/compiles).
     """
     for step in steps.values():
         for _ in range(warmup):
@@ -317,7 +321,21 @@ def time_steps(steps, repeats, warmup):
         spent = sum(sum(values) for values in seconds.values())
         if round_index + 1 >= MIN_REPEATS and spent > REPEAT_BUDGET_S * len(steps):
             break
-    return {name: statistics.median(values) for name, values in seconds.items()}
+    return seconds
+
+
+def paired_ratios(numerator_seconds, denominator_seconds):
+    """numerator / denominator in each round both were timed in (one list per config, in
+    round order, as ``time_rounds`` returns them)."""
+    return [n / d for n, d in zip(numerator_seconds, denominator_seconds)]
+
+
+def quartiles(values):
+    """(25th percentile, median, 75th percentile) of ``values``."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    low, median, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, median, high
 
 
 def allocator_peak_mb(step, iterations=2):
@@ -439,9 +457,11 @@ def _seconds(call):
 
 @dataclasses.dataclass
 class Result:
-    """One (block, mode, config): median ms, allocator peak MB, RSS growth MB, or why not."""
+    """One (block, mode, config): median ms (and every round's ms, in round order), allocator
+    peak MB, RSS growth MB, or why not."""
 
     ms: float = None
+    rounds_ms: list = None
     alloc_mb: float = None
     rss_mb: float = None
     rss_first_mb: float = None
@@ -469,22 +489,24 @@ def run_mode(block, mode, options):
         except Exception as err:  # pylint: disable=broad-except
             results[config] = _failed(err)
     try:
-        medians = time_steps(steps, options.repeats, options.warmup)
+        rounds = time_rounds(steps, options.repeats, options.warmup)
     except Exception:  # pylint: disable=broad-except
-        # One config failing mid-run must not cost the others: time them one by one.
-        medians = {}
+        # One config failing mid-run must not cost the others: time them one by one (their
+        # ratios are then of medians, not of rounds: `_ratio` pairs rounds of equal count).
+        rounds = {}
         for config, step in steps.items():
             try:
-                medians.update(time_steps({config: step}, options.repeats, options.warmup))
+                rounds.update(time_rounds({config: step}, options.repeats, options.warmup))
             except Exception as err:  # pylint: disable=broad-except
                 results[config] = _failed(err)
-    for config, seconds in medians.items():
+    for config, seconds in rounds.items():
         results[config] = _measured(block, config, mode, steps[config], seconds, options)
     return results
 
 
 def _measured(block, config, mode, step, seconds, options):
-    result = Result(ms=1e3 * seconds)
+    rounds_ms = [1e3 * value for value in seconds]
+    result = Result(ms=statistics.median(rounds_ms), rounds_ms=rounds_ms)
     if mode != "train_fwdbwd":
         return result
     result.alloc_mb = allocator_peak_mb(step)
@@ -515,23 +537,56 @@ def _progress(block, mode, config, result):
 
 
 def _ms(result):
+    """The median ms and, where there were rounds, their interquartile range: "9.41 +-4%"."""
     if result is None or result.ms is None:
         return "err" if result is not None and result.error else "n/a"
-    return f"{result.ms:.2f}"
+    if not result.rounds_ms or len(result.rounds_ms) < 2:
+        return f"{result.ms:.2f}"
+    return f"{result.ms:.2f} {_fmt_spread(result)}"
 
 
 def _mb(value):
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _round_ratios(numerator, denominator):
+    """Per-round ratios where both were timed in the same rounds, else None."""
+    if numerator is None or denominator is None:
+        return None
+    rounds = numerator.rounds_ms, denominator.rounds_ms
+    if None in rounds or len(rounds[0]) != len(rounds[1]):
+        return None
+    return paired_ratios(*rounds)
+
+
 def _ratio(numerator, denominator):
+    """numerator / denominator: the median of the per-round ratios where both were timed in
+    the same rounds, else the ratio of the medians."""
     if numerator is None or denominator is None or numerator.ms is None or denominator.ms is None:
         return None
-    return numerator.ms / denominator.ms
+    ratios = _round_ratios(numerator, denominator)
+    return statistics.median(ratios) if ratios else numerator.ms / denominator.ms
 
 
 def _fmt_ratio(value):
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _fmt_paired(numerator, denominator):
+    """The ratio with the 25th-75th percentile of its per-round values: "1.27 (1.21-1.33)"."""
+    ratios = _round_ratios(numerator, denominator)
+    if not ratios or numerator.ms is None or denominator.ms is None:
+        return _fmt_ratio(_ratio(numerator, denominator))
+    low, median, high = quartiles(ratios)
+    return f"{median:.2f} ({low:.2f}-{high:.2f})"
+
+
+def _fmt_spread(result):
+    """The interquartile range of a config's rounds, as a share of its median: "+-4%"."""
+    if result is None or not result.rounds_ms or result.ms is None:
+        return "n/a"
+    low, _, high = quartiles(result.rounds_ms)
+    return f"+-{50 * (high - low) / result.ms:.0f}%"
 
 
 def _geomean(values):
@@ -567,8 +622,8 @@ def training_table(blocks, results, mode, peaks):
             block.name, block.label, f"{shapes.flops(block, mode) / 1e9:.3f}",
             f"{shapes.byte_floor(block, mode) / 1e6:.1f}", f"{floor_ms:.2f}",
             _ms(native), _ms(get("keras")), _ms(get("xla")), _ms(get("tf")),
-            _fmt_ratio(_ratio(get("keras"), native)), _fmt_ratio(_ratio(get("xla"), native)),
-            _fmt_ratio(_ratio(get("tf"), native)),
+            _fmt_paired(get("keras"), native), _fmt_paired(get("xla"), native),
+            _fmt_paired(get("tf"), native),
             _fmt_ratio(floor_ms / native.ms if native and native.ms else None),
             f"{floor_ms / best_ms:.2f} ({best_config})" if best_ms else "n/a",
         ])
@@ -587,7 +642,7 @@ def inference_table(blocks, results, peaks, fusion):
         rows.append([
             block.name, block.label, f"{shapes.flops(block, 'infer_fwd') / 1e9:.3f}",
             f"{floor_ms:.2f}", _ms(native), _ms(get("grappler")), _ms(get("keras")),
-            _fmt_ratio(_ratio(get("grappler"), native)), _fmt_ratio(_ratio(get("keras"), native)),
+            _fmt_paired(get("grappler"), native), _fmt_paired(get("keras"), native),
             _fmt_ratio(floor_ms / native.ms if native and native.ms else None),
             ", ".join(fused) if fused else "not fused" if fused is not None else "n/a",
         ])
@@ -636,9 +691,9 @@ def mixed_precision_table(blocks, results, mode):
         get = lambda config, b=block: results.get((b.id, mode, config))  # noqa: E731
         native = get("native")
         rows.append([block.name, block.label, _ms(native), _ms(get("keras")), _ms(get("tf")),
-                     _ms(get("native32")), _fmt_ratio(_ratio(get("keras"), native)),
-                     _fmt_ratio(_ratio(get("tf"), native)),
-                     _fmt_ratio(_ratio(get("native32"), native))])
+                     _ms(get("native32")), _fmt_paired(get("keras"), native),
+                     _fmt_paired(get("tf"), native),
+                     _fmt_paired(get("native32"), native)])
     return _table(header, rows)
 
 
@@ -710,11 +765,15 @@ def header_lines(options, peaks):
         f"(np.copyto, read+write bytes); best of a run before and one after the timings"
         f"{' [given on the command line]' if options.peaks_given else ''}",
         *_build_summary(),
-        f"- timing: median of up to {options.repeats} calls per config (at least {MIN_REPEATS}, "
-        f"stopping after {REPEAT_BUDGET_S:.0f} s per config) after {options.warmup} warm-up calls, "
-        "perf_counter around a call synchronised by np.asarray (no copy); a block's configs are "
-        "timed interleaved, one timed call each per round, each right after untimed calls of "
-        f"the same config for {SETTLE_S * 1e3:.0f} ms; FLOPs and floors from bench/shapes.py",
+        f"- timing: up to {options.repeats} rounds (at least {MIN_REPEATS}, stopping after "
+        f"{REPEAT_BUDGET_S:.0f} s per config) after {options.warmup} warm-up calls; each round "
+        "times one call of each config of a block, interleaved (the order reversed every other "
+        "round), each right after untimed calls of the same config for "
+        f"{SETTLE_S * 1e3:.0f} ms; perf_counter around a call synchronised by np.asarray (no "
+        "copy). ms: the median over the rounds, +-: half the interquartile range as a share of "
+        "it. Ratios: the median over the rounds of the ratio of the two configs' calls in that "
+        "round (seconds apart, so a drift of the machine's speed cancels), with the 25th-75th "
+        "percentile of those per-round ratios in brackets; FLOPs and floors from bench/shapes.py",
     ]
 
 
@@ -780,7 +839,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="also write the markdown report to this file")
     parser.add_argument("--blocks", nargs="+", metavar="ID",
                         help="only these block ids, e.g. fashion_mnist/enc2 cartoon/dec1")
-    parser.add_argument("--repeats", type=int, help="timed calls per config (default 20, quick 5)")
+    parser.add_argument("--repeats", type=int, help=f"timed rounds (default {DEFAULT_REPEATS}, quick 5)")
     parser.add_argument("--warmup", type=int, help="untimed calls first (default 3, quick 2)")
     parser.add_argument("--peak-gflops", type=float, help="use this peak instead of measuring it")
     parser.add_argument("--peak-gbps", type=float, help="use this bandwidth instead of measuring it")
@@ -800,7 +859,7 @@ def parse_args(argv=None):
     if options.configs is None:
         left_out = "native32" if options.policy == "float32" else "grappler"
         options.configs = [config for config in CONFIGS if config != left_out]
-    options.repeats = options.repeats or (5 if options.quick else 20)
+    options.repeats = options.repeats or (5 if options.quick else DEFAULT_REPEATS)
     options.warmup = options.warmup or (2 if options.quick else 3)
     options.peaks_given = options.peak_gflops is not None and options.peak_gbps is not None
     return options
