@@ -294,6 +294,26 @@ void SumPartials(const std::vector<T>& partials, int64_t count, int64_t length, 
   }
 }
 
+// out[length] = the sum of `count` per-task partials [count, length], in slices run as tasks:
+// each element still sums the tasks in order (the result does not depend on the threads), and
+// the pass over the partials (2 MB at a 64 -> 64 channel 3x3 conv's 14 tasks) is shared by
+// every thread instead of running on the caller alone.
+void SumPartialsInSlices(const float* partials, int64_t count, int64_t length,
+                         const Runtime& runtime, float* out) {
+  constexpr int64_t kSliceFloats = 4096;
+  const int64_t slices = (length + kSliceFloats - 1) / kSliceFloats;
+  runtime.run_tasks(slices, [&](int64_t slice) {
+    const int64_t begin = slice * kSliceFloats;
+    const int64_t size = std::min(kSliceFloats, length - begin);
+    float* __restrict to = out + begin;
+    std::fill_n(to, size, 0.0f);
+    for (int64_t b = 0; b < count; ++b) {
+      const float* __restrict from = partials + b * length + begin;
+      for (int64_t i = 0; i < size; ++i) to[i] += from[i];
+    }
+  });
+}
+
 std::string CheckFinite(const char* name, const float* values, int64_t count) {
   // A branch-free pass first (v - v is 0 for finite v, NaN otherwise), so the common case
   // vectorises; only a failed check looks for the element to name.
@@ -540,12 +560,17 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
   // Guided in chunks of the conv's own: tasks of a few small images would run short tiles.
   const ImageBlocks conv_blocks =
       DirectConvAvailable() ? GuidedBlocks(g.batch, DirectChunkImages(g), runtime) : blocks;
-  std::vector<float> kernel_partials(conv_blocks.count() * kernel_size, 0.0f);
+  // Each task zeroes its own partial: in parallel, and into the cache of the core that then
+  // accumulates into it (a zeroed vector here was a serial pass over megabytes per call).
+  Scratch kernel_partials(conv_blocks.count() * kernel_size);
   runtime.run_tasks(conv_blocks.count(), [&](int64_t b) {
+    float* partial = kernel_partials.data() + b * kernel_size;
+    std::fill_n(partial, kernel_size, 0.0f);
     ConvBackwardBlock(g, pre, x, kernel, *dx_filters, conv_blocks.begin(b), conv_blocks.end(b),
-                      dx, kernel_partials.data() + b * kernel_size);
+                      dx, partial);
   });
-  SumPartials(kernel_partials, conv_blocks.count(), kernel_size, dkernel);
+  SumPartialsInSlices(kernel_partials.data(), conv_blocks.count(), kernel_size, runtime,
+                      dkernel);
   return "";
 }
 
