@@ -312,15 +312,22 @@ def time_rounds(steps, repeats, warmup):
             sync(step())
     seconds = {name: [] for name in steps}
     order = list(steps.items())
-    for round_index in range(repeats):
-        for name, step in order if round_index % 2 == 0 else reversed(order):
-            _settle(step)
-            start = time.perf_counter()
-            sync(step())
-            seconds[name].append(time.perf_counter() - start)
-        spent = sum(sum(values) for values in seconds.values())
-        if round_index + 1 >= MIN_REPEATS and spent > REPEAT_BUDGET_S * len(steps):
-            break
+    # Python's cyclic collector off while timing: with TensorFlow loaded, a full collection
+    # walks millions of objects and would land inside whichever call triggered it.
+    gc.collect()
+    gc.disable()
+    try:
+        for round_index in range(repeats):
+            for name, step in order if round_index % 2 == 0 else reversed(order):
+                _settle(step)
+                start = time.perf_counter()
+                sync(step())
+                seconds[name].append(time.perf_counter() - start)
+            spent = sum(sum(values) for values in seconds.values())
+            if round_index + 1 >= MIN_REPEATS and spent > REPEAT_BUDGET_S * len(steps):
+                break
+    finally:
+        gc.enable()
     return seconds
 
 
@@ -769,7 +776,7 @@ def header_lines(options, peaks):
         f"{REPEAT_BUDGET_S:.0f} s per config) after {options.warmup} warm-up calls; each round "
         "times one call of each config of a block, interleaved (the order reversed every other "
         "round), each right after untimed calls of the same config for "
-        f"{SETTLE_S * 1e3:.0f} ms; perf_counter around a call synchronised by np.asarray (no "
+        f"{SETTLE_S * 1e3:.0f} ms, Python's garbage collector off; perf_counter around a call synchronised by np.asarray (no "
         "copy). ms: the median over the rounds, +-: half the interquartile range as a share of "
         "it. Ratios: the median over the rounds of the ratio of the two configs' calls in that "
         "round (seconds apart, so a drift of the machine's speed cancels), with the 25th-75th "
