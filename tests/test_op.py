@@ -16,6 +16,7 @@ import pyae.ops
 from pyae.ops import _loader
 
 import reference
+from _python import same_pyae_env
 from op_cases import (ALL_SHAPES, AWKWARD, CARTOON_BLOCKS, FASHION_BLOCKS, make_inputs, op_attrs,
                       shape_id)
 
@@ -387,6 +388,66 @@ def test_native_ops_running_at_once_match_one_at_a_time(rng):
         for name, got, want in zip(("y", "dx", "dkernel", "dgamma", "dbeta"), result,
                                    alone[index]):
             np.testing.assert_array_equal(got, want, err_msg=f"{shape_id(cases[index])} {name}")
+
+
+INTER_OP_GRAPH = """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    tf.config.threading.set_inter_op_parallelism_threads(int(sys.argv[1]))
+    import pyae.ops
+    cases = np.load(sys.argv[2], allow_pickle=True)["cases"].tolist()
+
+    @tf.function
+    def step(blocks):
+        # Independent blocks: TF may run them side by side on its inter-op threads.
+        results = []
+        for (x, kernel, gamma, beta, mean, variance, dy), attrs in zip(blocks, cases):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel, gamma, beta])
+                y, _, _ = pyae.ops.fused_conv_bn_leaky_relu(
+                    x, kernel, gamma, beta, mean, variance, impl="native", **attrs)
+                loss = tf.reduce_sum(y * dy)
+            results.append([y] + tape.gradient(loss, [x, kernel, gamma, beta]))
+        return results
+
+    blocks = [[tf.constant(v) for v in np.load(f"{sys.argv[2]}.{i}.npz").values()]
+              for i in range(len(cases))]
+    for _ in range(3):
+        results = step(blocks)
+    np.savez(sys.argv[3], *[t.numpy() for block in results for t in block])
+"""
+
+
+@pytest.mark.parametrize("inter_op_threads", [1, 2])
+def test_native_op_in_a_graph_matches_reference_under_one_and_two_inter_op_threads(
+        rng, tmp_path, inter_op_threads):
+    """The op's helpers are offered to TF's inter-op threads as well as its intra-op pool;
+    with one inter-op thread (the op's own caller) none of them can come, with two they can,
+    and ops beside it compete for both pools: every output matches the float64 reference."""
+    needs_native()
+    cases = [FASHION_BLOCKS[1], FASHION_BLOCKS[6], AWKWARD[8]]
+    attrs = [op_attrs(case, training=True) for case in cases]
+    np.savez(tmp_path / "cases.npz", cases=np.array(attrs, dtype=object))
+    arrays = []
+    for index, case in enumerate(cases):
+        inputs = make_inputs(rng, case)
+        y_ref, *_ = reference.forward(*inputs.values(), **attrs[index])
+        dy = rng.normal(size=y_ref.shape).astype(np.float32)
+        np.savez(tmp_path / f"cases.npz.{index}.npz", *inputs.values(), dy)
+        arrays.append((inputs, dy, y_ref))
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(INTER_OP_GRAPH), str(inter_op_threads),
+         str(tmp_path / "cases.npz"), str(tmp_path / "out.npz")], capture_output=True,
+        text=True, env=same_pyae_env(TF_CPP_MIN_LOG_LEVEL="3"), check=False, timeout=300,
+        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    outputs = list(np.load(tmp_path / "out.npz").values())
+    for index, (inputs, dy, y_ref) in enumerate(arrays):
+        got = outputs[5 * index: 5 * index + 5]
+        want = [y_ref] + list(reference.backward(dy, *inputs.values(), **attrs[index]))
+        for name, actual, expected in zip(("y", "dx", "dkernel", "dgamma", "dbeta"), got, want):
+            assert_close(actual, expected, rtol=5e-5, name=f"{shape_id(cases[index])} {name}")
 
 
 # --- implementation choice, loader, build info ----------------------------------------------

@@ -2,9 +2,11 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 namespace pyae {
 
@@ -25,7 +27,15 @@ class TaskQueue {
   TaskQueue(int64_t num_tasks, const std::function<void(int64_t task)>& fn)
       : num_tasks_(num_tasks), fn_(fn) {}
   void Drain() {
-    for (int64_t task = next_++; task < num_tasks_; task = next_++) fn_(task);
+    while (RunOne()) {
+    }
+  }
+  // Runs the next task, if one is left; says whether it did.
+  bool RunOne() {
+    const int64_t task = next_++;
+    if (task >= num_tasks_) return false;
+    fn_(task);
+    return true;
   }
 
  private:
@@ -37,18 +47,30 @@ class TaskQueue {
 // A runner that uses up to `num_threads` std::threads (the caller's thread included).
 TaskRunner StdThreadRunner(int num_threads);
 
-// Pool threads that join the calling thread in every run of tasks of one op. A pool thread
-// takes 50-100 us to wake on a busy machine, as long as some ops' whole parallel phase: a crew
-// wakes its helpers when the op starts, so they are up by the time its setup is done, and keeps
-// them spinning from one phase to the next (an idle helper leaves after kIdleMicros; the next
-// run wakes another). The caller spins too while the helpers finish their last tasks, where a
-// condition variable would cost one more wake-up.
+// Threads that join the calling thread in every run of tasks of one op. Waking a thread takes
+// 50-400 us on a busy machine, as long as some ops' whole parallel phase: a crew asks for its
+// helpers when the op starts, so they are up by the time its setup is done, and keeps them
+// spinning from one phase to the next. The caller spins too while the helpers finish their last
+// tasks, where a condition variable would cost one more wake-up.
+//
+// Where helpers come from. TensorFlow runs an op on one of its inter-op threads (its `runner`)
+// and parallel work on its intra-op `pool`. With two inter-op threads on two cores, a helper
+// from the pool leaves the other inter-op thread free to start ops beside the crew or to spin
+// looking for some: three threads want two cores, and the crew's spin waits stall on a
+// preempted helper. So each helper is asked of the runner first. A runner thread that comes
+// stays with the crew until it is dismissed, serving, or off the cores (parked when its seat is
+// taken, napping when idle for kIdleMicros), and the runner starts nothing else on it
+// meanwhile. When none comes within kGraceMicros (none is free; with one inter-op thread the
+// op's caller is the only one), the helper is asked of the pool as well and the first thread to
+// come serves; a pool helper idle for kIdleMicros goes back to its pool, and the next run asks
+// the pool again. Once a crew's runner helper never came, the next crew asks both at once.
 class Crew {
  public:
   using Scheduler = std::function<void(std::function<void()> work)>;
 
-  // Schedules `helpers` helpers now.
-  Crew(int helpers, Scheduler schedule);
+  // Asks for `helpers` helpers now: of `runner` and `pool` as above, or of `pool` alone when
+  // no runner is given.
+  Crew(int helpers, Scheduler pool, Scheduler runner = nullptr);
   // Dismisses the helpers; ones still to start find the crew gone and return at once.
   ~Crew();
   Crew(const Crew&) = delete;
@@ -61,15 +83,25 @@ class Crew {
   Runtime AsRuntime();
 
   static constexpr int64_t kIdleMicros = 250;
+  static constexpr int64_t kGraceMicros = 400;
 
  private:
   struct State;
-  static void Serve(State* state);
-  void Hire();
+  struct Offer;
+  static void Attend(const std::shared_ptr<State>& state, Offer* offer, bool from_runner);
+  static void Serve(State* state, bool from_runner);
+  static void Nap(State* state, uint64_t served);
+  static void Park(State* state);
+  void Hire(bool runner_first);
+  void AskPool(const std::shared_ptr<Offer>& offer);
+  void AskPoolIfLate();
 
   std::shared_ptr<State> state_;
   int helpers_;
-  Scheduler schedule_;
+  Scheduler pool_;
+  Scheduler runner_;
+  std::vector<std::shared_ptr<Offer>> waiting_;  // asked of the runner only, so far
+  std::chrono::steady_clock::time_point asked_at_;
 };
 
 }  // namespace pyae
