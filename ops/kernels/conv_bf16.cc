@@ -11,6 +11,8 @@
 
 #include "bf16_target.h"  // after every other include
 
+#include "copy_channels.h"  // compiled for this target: after the pragma
+
 namespace pyae {
 namespace avx512bf16 {
 
@@ -154,29 +156,6 @@ void GemmBf16(int64_t m, const Bf16* a, int64_t lda, const PairPacked& b, float*
     }
   }
 }
-
-namespace {
-
-// A memcpy call per tap costs as much as the copy itself at these channel counts (as in
-// im2col.cc); a copy of compile-time size is a few vector moves.
-template <int64_t kChannels>
-inline void CopyFixed(const Bf16* from, Bf16* to) {
-  std::memcpy(to, from, sizeof(Bf16) * kChannels);
-}
-
-inline void CopyChannels(const Bf16* from, Bf16* to, int64_t channels) {
-  switch (channels) {
-    case 1: CopyFixed<1>(from, to); return;
-    case 3: CopyFixed<3>(from, to); return;
-    case 16: CopyFixed<16>(from, to); return;
-    case 32: CopyFixed<32>(from, to); return;
-    case 64: CopyFixed<64>(from, to); return;
-    case 128: CopyFixed<128>(from, to); return;
-    default: std::memcpy(to, from, sizeof(Bf16) * channels);
-  }
-}
-
-}  // namespace
 
 void Im2ColBf16(const ConvGeometry& g, const Bf16* big, int64_t first, int64_t rows,
                 int64_t ld, Bf16* cols) {

@@ -121,6 +121,23 @@ struct ConvScratch {
   Bf16Pixels pixels;
 };
 
+// Per-channel sums of an output and of its squares, taken from the direct kernels' tiles as
+// they are stored (float32, before any rounding): floats over runs of about 64 rows, added
+// into the caller's doubles (as the float32 kernels sum their moments).
+class TileMoments {
+ public:
+  TileMoments(int64_t channels, double* sum, double* sum_sq);
+  int64_t channels() const { return channels_; }
+  float* run() { return run_.data(); }  // sums at [c], squares at [channels + c]
+  void Flush();                         // adds the run to the doubles and zeroes it
+
+ private:
+  int64_t channels_;
+  std::vector<float> run_;
+  double* sum_;
+  double* sum_sq_;
+};
+
 // The direct kernels (direct_bf16.cc) run a conv whose reduction has an even channel count
 // (so the channel pairs vdpbf16ps takes lie next to each other in NHWC): conv(big) when big_c
 // is even, conv^T(small) when small_c is. The others run im2col + GEMM (+ col2im).
@@ -128,20 +145,22 @@ bool DirectConvApplies(const ConvGeometry& g);
 bool DirectTransposeApplies(const ConvGeometry& g);
 
 // small rows of images [first, end) = conv(big), `filter` packed by PackFilter; float32 or
-// rounded to bf16. Needs DirectConvApplies(g).
+// rounded to bf16; `moments` (optional) sums them. Needs DirectConvApplies(g).
 void DirectConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter,
-                      int64_t first, int64_t end, ConvScratch* scratch, float* small);
+                      int64_t first, int64_t end, ConvScratch* scratch, float* small,
+                      TileMoments* moments = nullptr);
 void DirectConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter,
-                      int64_t first, int64_t end, ConvScratch* scratch, Bf16* small);
+                      int64_t first, int64_t end, ConvScratch* scratch, Bf16* small,
+                      TileMoments* moments = nullptr);
 
 // big images [first, end) = conv^T(small), `filter` packed by PackTapFilter; every value
-// written. Needs DirectTransposeApplies(g).
+// written; `moments` (optional) sums them. Needs DirectTransposeApplies(g).
 void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
                                const PairPacked& filter, int64_t first, int64_t end,
-                               ConvScratch* scratch, float* big);
+                               ConvScratch* scratch, float* big, TileMoments* moments = nullptr);
 void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
                                const PairPacked& filter, int64_t first, int64_t end,
-                               ConvScratch* scratch, Bf16* big);
+                               ConvScratch* scratch, Bf16* big, TileMoments* moments = nullptr);
 
 // The filter regrouped per tap for DirectConvTransposeImages: rows tap * small_c + co,
 // columns big_c.

@@ -33,10 +33,12 @@ inline void StoreVector(Bf16* p, __mmask16 mask, __m512 v) {
 // out[at[r]][0, 16 kVectors) = sum over the slices of patch pairs x filter pair rows, for the
 // kRows pixels whose patches start at base + origin[r]. `filter` is one column block
 // (`pair_stride` bf16 values from one pair row to the next); the last vector stores `last`.
+// With `moments`, the tile's column sums are added to moments[0, 16 kVectors) and its sums of
+// squares to moments[squares, ...), from the float32 values before any rounding.
 template <int kRows, int kVectors, typename Out>
 void GatherTile(const Bf16* base, const int64_t* origin, const Bf16Slice* slices,
                 int64_t num_slices, const Bf16* filter, int64_t pair_stride, Out* out,
-                const int64_t* at, __mmask16 last) {
+                const int64_t* at, __mmask16 last, float* moments, int64_t squares) {
   __m512 acc[kRows][kVectors];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
@@ -71,11 +73,26 @@ void GatherTile(const Bf16* base, const int64_t* origin, const Bf16Slice* slices
       StoreVector(out + at[r] + 16 * j, j + 1 == kVectors ? last : 0xFFFF, acc[r][j]);
     }
   }
+  if (moments == nullptr) return;
+#pragma GCC unroll 4
+  for (int j = 0; j < kVectors; ++j) {
+    __m512 sum = acc[0][j], sum_sq = _mm512_mul_ps(acc[0][j], acc[0][j]);
+#pragma GCC unroll 8
+    for (int r = 1; r < kRows; ++r) {
+      sum = _mm512_add_ps(sum, acc[r][j]);
+      sum_sq = _mm512_fmadd_ps(acc[r][j], acc[r][j], sum_sq);
+    }
+    const __mmask16 mask = j + 1 == kVectors ? last : 0xFFFF;
+    float* at_sum = moments + 16 * j;
+    float* at_sq = at_sum + squares;
+    _mm512_mask_storeu_ps(at_sum, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at_sum), sum));
+    _mm512_mask_storeu_ps(at_sq, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at_sq), sum_sq));
+  }
 }
 
 template <typename Out>
 using GatherFn = void (*)(const Bf16*, const int64_t*, const Bf16Slice*, int64_t, const Bf16*,
-                          int64_t, Out*, const int64_t*, __mmask16);
+                          int64_t, Out*, const int64_t*, __mmask16, float*, int64_t);
 
 template <int kVectors, typename Out>
 GatherFn<Out> GatherFor(int64_t rows) {
@@ -99,11 +116,14 @@ GatherFn<Out> GatherFor(int64_t vectors, int64_t rows) {
   }
 }
 
+// Tiles per run of the moments' float sums (about 64 rows, as the float32 kernels sum).
+constexpr int64_t kTilesPerRun = 10;
+
 // Every pixel of `pixels` against every column block of `filter`: out + at[i] is pixel i's
-// output row.
+// output row. `moments` (optional) takes the output's per-channel sums.
 template <typename Out>
 void GatherPixels(const Bf16* base, const Bf16Pixels& pixels, const std::vector<Bf16Slice>& slices,
-                  const PairPacked& filter, Out* out) {
+                  const PairPacked& filter, Out* out, TileMoments* moments) {
   const int64_t count = static_cast<int64_t>(pixels.origins.size());
   for (int64_t b = 0; b < filter.num_blocks(); ++b) {
     const int64_t width = filter.block_width(b);
@@ -112,12 +132,17 @@ void GatherPixels(const Bf16* base, const Bf16Pixels& pixels, const std::vector<
     const __mmask16 last =
         last_lanes >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << last_lanes) - 1);
     const GatherFn<Out> full = GatherFor<Out>(vectors, kTileRows);
-    for (int64_t m = 0; m < count; m += kTileRows) {
+    float* run = moments != nullptr ? moments->run() + filter.block_col(b) : nullptr;
+    const int64_t squares = moments != nullptr ? moments->channels() : 0;
+    for (int64_t m = 0, tiles = 1; m < count; m += kTileRows, ++tiles) {
       const int64_t rows = std::min(kTileRows, count - m);
       (rows == kTileRows ? full : GatherFor<Out>(vectors, rows))(
           base, pixels.origins.data() + m, slices.data(), slices.size(), filter.block(b),
-          filter.block_stride(b) * 2, out + filter.block_col(b), pixels.at.data() + m, last);
+          filter.block_stride(b) * 2, out + filter.block_col(b), pixels.at.data() + m, last,
+          run, squares);
+      if (moments != nullptr && tiles % kTilesPerRun == 0) moments->Flush();
     }
+    if (moments != nullptr) moments->Flush();
   }
 }
 
@@ -149,7 +174,7 @@ void FillPadded(const PaddedLayout& l, const Bf16* image, int64_t row_begin, int
 // slice, contiguous in the padded rows and in the filter.
 template <typename Out>
 void DirectConv(const ConvGeometry& g, const Bf16* big, const PairPacked& filter, int64_t first,
-                int64_t end, ConvScratch* scratch, Out* small) {
+                int64_t end, ConvScratch* scratch, Out* small, TileMoments* moments) {
   const int64_t c = g.big_c;
   const PaddedLayout layout{g.big_h, g.big_w, c, g.pad_top, g.pad_left,
                             std::max(g.big_w + g.pad_left,
@@ -187,7 +212,7 @@ void DirectConv(const ConvGeometry& g, const Bf16* big, const PairPacked& filter
           }
         }
       }
-      GatherPixels(scratch->padded.data(), pixels, slices, filter, small);
+      GatherPixels(scratch->padded.data(), pixels, slices, filter, small, moments);
     }
   }
 }
@@ -250,7 +275,8 @@ std::vector<StridePhase> StridePhases(const ConvGeometry& g, const PaddedLayout&
 // written once (a phase without taps writes zeros).
 template <typename Out>
 void DirectConvTranspose(const ConvGeometry& g, const Bf16* small, const PairPacked& filter,
-                         int64_t first, int64_t end, ConvScratch* scratch, Out* big) {
+                         int64_t first, int64_t end, ConvScratch* scratch, Out* big,
+                         TileMoments* moments) {
   const PaddedLayout layout = PaddedSmall(g);
   const int64_t padded_rows = PaddedSmallRows(g, layout);
   scratch->padded.Reserve(padded_rows * layout.row_values());
@@ -260,7 +286,7 @@ void DirectConvTranspose(const ConvGeometry& g, const Bf16* small, const PairPac
                scratch->padded.data());
     for (const StridePhase& phase : phases) {
       GatherPixels(scratch->padded.data(), phase.pixels, phase.slices, filter,
-                   big + image * g.big_pixels() * g.big_c);
+                   big + image * g.big_pixels() * g.big_c, moments);
     }
   }
 }
@@ -272,25 +298,38 @@ bool DirectConvApplies(const ConvGeometry& g) { return g.big_c % 2 == 0; }
 bool DirectTransposeApplies(const ConvGeometry& g) { return g.small_c % 2 == 0; }
 
 void DirectConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter,
-                      int64_t first, int64_t end, ConvScratch* scratch, float* small) {
-  DirectConv(g, big, filter, first, end, scratch, small);
+                      int64_t first, int64_t end, ConvScratch* scratch, float* small,
+                      TileMoments* moments) {
+  DirectConv(g, big, filter, first, end, scratch, small, moments);
 }
 
 void DirectConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter,
-                      int64_t first, int64_t end, ConvScratch* scratch, Bf16* small) {
-  DirectConv(g, big, filter, first, end, scratch, small);
+                      int64_t first, int64_t end, ConvScratch* scratch, Bf16* small,
+                      TileMoments* moments) {
+  DirectConv(g, big, filter, first, end, scratch, small, moments);
 }
 
 void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
                                const PairPacked& filter, int64_t first, int64_t end,
-                               ConvScratch* scratch, float* big) {
-  DirectConvTranspose(g, small, filter, first, end, scratch, big);
+                               ConvScratch* scratch, float* big, TileMoments* moments) {
+  DirectConvTranspose(g, small, filter, first, end, scratch, big, moments);
 }
 
 void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
                                const PairPacked& filter, int64_t first, int64_t end,
-                               ConvScratch* scratch, Bf16* big) {
-  DirectConvTranspose(g, small, filter, first, end, scratch, big);
+                               ConvScratch* scratch, Bf16* big, TileMoments* moments) {
+  DirectConvTranspose(g, small, filter, first, end, scratch, big, moments);
+}
+
+TileMoments::TileMoments(int64_t channels, double* sum, double* sum_sq)
+    : channels_(channels), run_(2 * channels, 0.0f), sum_(sum), sum_sq_(sum_sq) {}
+
+void TileMoments::Flush() {
+  for (int64_t c = 0; c < channels_; ++c) {
+    sum_[c] += run_[c];
+    sum_sq_[c] += run_[channels_ + c];
+  }
+  std::fill(run_.begin(), run_.end(), 0.0f);
 }
 
 void PackTapFilter(const ConvGeometry& g, const float* filter, PairPacked* packed) {

@@ -15,29 +15,11 @@
 
 #include "bf16_target.h"  // after every other include
 
+#include "bn_loops.h"  // compiled for this target: after the pragma
+
 namespace pyae {
 namespace avx512bf16 {
 namespace {
-
-// Image blocks, a few per thread (as the float32 kernels split the batch).
-struct ImageBlocks {
-  std::vector<int64_t> bounds;
-  int64_t count() const { return static_cast<int64_t>(bounds.size()) - 1; }
-  int64_t begin(int64_t b) const { return bounds[b]; }
-  int64_t end(int64_t b) const { return bounds[b + 1]; }
-};
-
-ImageBlocks MakeBlocks(int64_t batch, const Runtime& runtime) {
-  constexpr int64_t kBlocksPerThread = 4;
-  const int64_t wanted = std::max<int64_t>(1, kBlocksPerThread * runtime.num_threads);
-  const int64_t size = (batch + wanted - 1) / wanted;
-  ImageBlocks blocks{{0}};
-  for (int64_t image = 0; image < batch;) {
-    image = std::min(batch, image + size);
-    blocks.bounds.push_back(image);
-  }
-  return blocks;
-}
 
 // The filter in the layout each conv direction needs, packed (and rounded) once per call.
 struct Filters {
@@ -45,38 +27,23 @@ struct Filters {
   PairPacked transposed;  // [small_c, patch]: big = conv^T(small)
 };
 
-// z (float32, whole-batch layout) for images [first, end): the conv from x, or for a
-// transposed op the adjoint from x.
-void ComputeZ(const ConvGeometry& g, const Filters& filters, const Bf16* x, int64_t first,
-              int64_t end, ConvScratch* scratch, float* z) {
-  if (g.transpose) {
-    ConvTransposeImages(g, x, filters.transposed, first, end, scratch, z);
-  } else {
-    ConvImages(g, x, filters.as_is, first, end, scratch, z);
-  }
+// True when z comes from a direct kernel, which can sum z's moments as it stores the tiles.
+bool DirectZ(const ConvGeometry& g) {
+  return g.transpose ? DirectTransposeApplies(g) : DirectConvApplies(g);
 }
 
-// Rows are summed in float over short runs and the runs in double (as the float32 kernels).
-constexpr int64_t kRunRows = 64;
-
-void AccumulateMoments(const float* __restrict z, int64_t rows, int64_t channels, double* sum,
-                       double* sum_sq) {
-  std::vector<float> run(2 * channels);
-  float* __restrict rs = run.data();
-  float* __restrict rq = rs + channels;
-  for (int64_t r0 = 0; r0 < rows; r0 += kRunRows) {
-    std::fill(run.begin(), run.end(), 0.0f);
-    for (int64_t r = r0; r < std::min(rows, r0 + kRunRows); ++r) {
-      const float* __restrict row = z + r * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        rs[c] += row[c];
-        rq[c] += row[c] * row[c];
-      }
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      sum[c] += rs[c];
-      sum_sq[c] += rq[c];
-    }
+// z (float32, whole-batch layout) for images [first, end): the conv from x, or for a
+// transposed op the adjoint from x. `moments` (only where DirectZ) takes z's sums.
+void ComputeZ(const ConvGeometry& g, const Filters& filters, const Bf16* x, int64_t first,
+              int64_t end, ConvScratch* scratch, float* z, TileMoments* moments = nullptr) {
+  if (g.transpose && DirectTransposeApplies(g)) {
+    DirectConvTransposeImages(g, x, filters.transposed, first, end, scratch, z, moments);
+  } else if (g.transpose) {
+    ConvTransposeImages(g, x, filters.transposed, first, end, scratch, z);
+  } else if (DirectConvApplies(g)) {
+    DirectConvImages(g, x, filters.as_is, first, end, scratch, z, moments);
+  } else {
+    ConvImages(g, x, filters.as_is, first, end, scratch, z);
   }
 }
 
@@ -93,52 +60,6 @@ void ApplyEpilogue(const float* z, int64_t rows, int64_t channels, const float* 
     }
     ToBf16(u, channels, y + r * channels);
   }
-}
-
-template <typename T>
-void SumPartials(const std::vector<T>& partials, int64_t count, int64_t length, T* out) {
-  for (int64_t i = 0; i < length; ++i) out[i] = 0;
-  for (int64_t b = 0; b < count; ++b) {
-    for (int64_t i = 0; i < length; ++i) out[i] += partials[b * length + i];
-  }
-}
-
-std::string CheckFinite(const char* name, const float* values, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    if (!std::isfinite(values[i])) {
-      std::ostringstream err;
-      err << name << " contains NaN or Inf (element " << i << " is " << values[i] << ")";
-      return err.str();
-    }
-  }
-  return "";
-}
-
-// The parameter checks of the float32 kernels (fused_conv_bn_lrelu.cc), same messages.
-std::string CheckParameters(const FusedParams& p, const float* kernel, const float* gamma,
-                            const float* beta) {
-  const ConvGeometry& g = p.geometry;
-  std::string err = CheckOpParams(p.epsilon, p.negative_slope);
-  if (err.empty()) err = CheckFinite("kernel", kernel, g.patch_size() * g.small_c);
-  if (err.empty()) err = CheckFinite("gamma", gamma, g.z_channels());
-  if (err.empty()) err = CheckFinite("beta", beta, g.z_channels());
-  return err;
-}
-
-std::string CheckMovingStatistics(const FusedParams& p, const float* mean, const float* variance) {
-  const int64_t channels = p.geometry.z_channels();
-  std::string err = CheckFinite("moving_mean", mean, channels);
-  if (err.empty()) err = CheckFinite("moving_variance", variance, channels);
-  if (!err.empty()) return err;
-  for (int64_t c = 0; c < channels; ++c) {
-    if (!(variance[c] + p.epsilon > 0.0f)) {
-      std::ostringstream out;
-      out << "moving_variance + epsilon must be > 0 (element " << c << " is " << variance[c]
-          << ", epsilon " << p.epsilon << ")";
-      return out.str();
-    }
-  }
-  return "";
 }
 
 // z for the whole batch, in parallel over image blocks.
@@ -170,27 +91,27 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
   const int64_t pixels = g.z_pixels();
   Filters filters;
   PackForward(g, kernel, &filters);
-  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
   Scratch z(g.batch * pixels * channels);
-  // Each task sums its block's moments right after computing its z, while it is in cache.
+  // The direct kernels sum z's moments from their tiles; otherwise each task sums its block's
+  // right after computing its z.
   std::vector<double> moments(blocks.count() * channels * 2, 0.0);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     ConvScratch scratch;
+    double* sum = moments.data() + b * channels * 2;
+    if (p.training && DirectZ(g)) {
+      TileMoments tile_moments(channels, sum, sum + channels);
+      ComputeZ(g, filters, x, blocks.begin(b), blocks.end(b), &scratch, z.data(), &tile_moments);
+      return;
+    }
     ComputeZ(g, filters, x, blocks.begin(b), blocks.end(b), &scratch, z.data());
     if (!p.training) return;
-    double* sum = moments.data() + b * channels * 2;
     AccumulateMoments(z.data() + blocks.begin(b) * pixels * channels,
                       (blocks.end(b) - blocks.begin(b)) * pixels, channels, sum, sum + channels);
   });
   if (p.training) {
-    std::vector<double> totals(channels * 2);
-    SumPartials(moments, blocks.count(), channels * 2, totals.data());
-    const double count = static_cast<double>(g.batch * pixels);
-    for (int64_t c = 0; c < channels; ++c) {
-      const double mean = totals[c] / count;
-      mean_out[c] = static_cast<float>(mean);
-      variance_out[c] = static_cast<float>(std::max(totals[channels + c] / count - mean * mean, 0.0));
-    }
+    StatisticsFromMoments(moments, blocks.count(), channels, static_cast<double>(g.batch * pixels),
+                          mean_out, variance_out);
   } else {
     std::memcpy(mean_out, moving_mean, sizeof(float) * channels);
     std::memcpy(variance_out, moving_variance, sizeof(float) * channels);
@@ -207,12 +128,6 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
   });
   return "";
 }
-
-// Per channel: rstd = 1 / sqrt(var + eps), beta, 1 / gamma, and the terms of
-// dz = dz_du * du + dz_bias + dz_xhat * xhat.
-struct ChannelTerms {
-  std::vector<float> mean, rstd, beta, inv_gamma, dz_du, dz_bias, dz_xhat;
-};
 
 // True when xhat recovered from y in bf16 is as accurate as Keras' batch norm of a bf16 z:
 // y = v (1 + d), |d| <= u = 2^-8, gives (u - beta) / gamma off by at most u (|xhat| +
@@ -234,6 +149,8 @@ struct Preactivation {
   const Bf16* y;
   const Bf16* dy;
   const float* z;  // null: xhat = (leaky_relu^-1(y) - beta) / gamma
+  const float* beta;
+  const float* mean;
   const ChannelTerms* terms;
   float slope;
 
@@ -249,19 +166,19 @@ struct Preactivation {
       du[c] = dy_row[c] * (y_row[c] > 0.0f ? 1.0f : negative_slope);
     }
     if (z == nullptr) {
-      const float* __restrict beta = terms->beta.data();
+      const float* __restrict beta_c = beta;
       const float* __restrict inv_gamma = terms->inv_gamma.data();
       const float inv_slope = 1.0f / slope;
       for (int64_t c = 0; c < channels; ++c) {
         const float u = y_row[c] * (y_row[c] > 0.0f ? 1.0f : inv_slope);
-        xhat[c] = (u - beta[c]) * inv_gamma[c];
+        xhat[c] = (u - beta_c[c]) * inv_gamma[c];
       }
       return;
     }
     const float* __restrict z_row = z + row * channels;
-    const float* __restrict mean = terms->mean.data();
+    const float* __restrict mean_c = mean;
     const float* __restrict rstd = terms->rstd.data();
-    for (int64_t c = 0; c < channels; ++c) xhat[c] = (z_row[c] - mean[c]) * rstd[c];
+    for (int64_t c = 0; c < channels; ++c) xhat[c] = (z_row[c] - mean_c[c]) * rstd[c];
   }
 };
 
@@ -351,16 +268,8 @@ std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* d
   if (!err.empty()) return err;
   const int64_t channels = g.z_channels();
   const int64_t pixels = g.z_pixels();
-  ChannelTerms terms;
-  terms.mean.assign(mean, mean + channels);
-  terms.beta.assign(beta, beta + channels);
-  terms.rstd.resize(channels);
-  terms.inv_gamma.resize(channels);
-  for (int64_t c = 0; c < channels; ++c) {
-    terms.rstd[c] = 1.0f / std::sqrt(variance[c] + p.epsilon);
-    terms.inv_gamma[c] = 1.0f / gamma[c];
-  }
-  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  ChannelTerms terms = MakeChannelTerms(gamma, variance, channels, p.epsilon);
+  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
   Scratch z;
   if (!CanInvertBf16Output(gamma, beta, channels, p.negative_slope)) {
     Filters forward;  // z again from x
@@ -368,27 +277,15 @@ std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* d
     z.Reserve(g.batch * pixels * channels);
     ComputeAllZ(g, runtime, blocks, forward, x, z.data());
   }
-  const Preactivation pre{y, dy, z.data(), &terms, p.negative_slope};
+  const Preactivation pre{y, dy, z.data(), beta, mean, &terms, p.negative_slope};
   std::vector<double> sums(blocks.count() * channels * 2, 0.0);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     double* sum_du = sums.data() + b * channels * 2;
     AccumulateGradSums(pre, blocks.begin(b) * pixels, (blocks.end(b) - blocks.begin(b)) * pixels,
                        channels, sum_du, sum_du + channels);
   });
-  std::vector<double> totals(channels * 2);
-  SumPartials(sums, blocks.count(), channels * 2, totals.data());
-  const double count = static_cast<double>(g.batch * pixels);
-  terms.dz_du.resize(channels);
-  terms.dz_bias.resize(channels);
-  terms.dz_xhat.resize(channels);
-  for (int64_t c = 0; c < channels; ++c) {
-    dbeta[c] = static_cast<float>(totals[c]);
-    dgamma[c] = static_cast<float>(totals[channels + c]);
-    terms.dz_du[c] = gamma[c] * terms.rstd[c];
-    terms.dz_bias[c] = p.training ? static_cast<float>(-terms.dz_du[c] * totals[c] / count) : 0.f;
-    terms.dz_xhat[c] =
-        p.training ? static_cast<float>(-terms.dz_du[c] * totals[channels + c] / count) : 0.f;
-  }
+  SetGradTerms(sums, blocks.count(), channels, static_cast<double>(g.batch * pixels), p.training,
+               gamma, &terms, dgamma, dbeta);
   // dx of a transposed op is a conv of dz; of a conv, the conv^T of dz.
   Filters dx_filters;
   if (dx != nullptr && g.transpose) PackFilter(g, kernel, &dx_filters.as_is);
@@ -412,7 +309,7 @@ void Conv(const ConvGeometry& g, const Runtime& runtime, const Bf16* big, const 
           float* small) {
   PairPacked packed;
   PackFilter(g, filter, &packed);
-  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     ConvScratch scratch;
     ConvImages(g, big, packed, blocks.begin(b), blocks.end(b), &scratch, small);
@@ -423,7 +320,7 @@ void ConvTranspose(const ConvGeometry& g, const Runtime& runtime, const Bf16* sm
                    const float* filter, float* big) {
   PairPacked packed;
   PackFilterTransposed(g, filter, &packed);
-  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     ConvScratch scratch;
     ConvTransposeImages(g, small, packed, blocks.begin(b), blocks.end(b), &scratch, big);
@@ -432,7 +329,7 @@ void ConvTranspose(const ConvGeometry& g, const Runtime& runtime, const Bf16* sm
 
 void FilterGrad(const ConvGeometry& g, const Runtime& runtime, const Bf16* big,
                 const Bf16* small, float* dfilter) {
-  const ImageBlocks blocks = MakeBlocks(g.batch, runtime);
+  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
   const int64_t patch = g.patch_size();
   const int64_t size = patch * g.small_c;
   std::vector<float> partials(blocks.count() * size, 0.0f);

@@ -20,36 +20,11 @@
 
 #include "isa_target.h"  // after every other include
 
+#include "bn_loops.h"  // compiled for this path: after the target pragma
+
 namespace pyae {
 namespace PYAE_ISA_NS {
 namespace {
-
-// Images split into one contiguous range per task, so col2im never races between tasks:
-// block b is images [bounds[b], bounds[b + 1]).
-struct ImageBlocks {
-  std::vector<int64_t> bounds;
-  int64_t count() const { return static_cast<int64_t>(bounds.size()) - 1; }
-  int64_t begin(int64_t block) const { return bounds[block]; }
-  int64_t end(int64_t block) const { return bounds[block + 1]; }
-};
-
-ImageBlocks BlocksOf(int64_t batch, int64_t size) {
-  ImageBlocks blocks{{0}};
-  for (int64_t image = 0; image < batch;) {
-    image = std::min(batch, image + size);
-    blocks.bounds.push_back(image);
-  }
-  return blocks;
-}
-
-// A few blocks per thread, so a thread that another op holds up does not leave the rest of
-// the op waiting on its one large block.
-constexpr int64_t kBlocksPerThread = 4;
-
-ImageBlocks MakeBlocks(const ConvGeometry& g, const Runtime& runtime) {
-  const int64_t wanted = std::max<int64_t>(1, kBlocksPerThread * runtime.num_threads);
-  return BlocksOf(g.batch, (g.batch + wanted - 1) / wanted);
-}
 
 // Tiles of small-image pixels sized so their patch matrix (~1 MiB) stays in L2.
 int64_t TileRows(const ConvGeometry& g) {
@@ -182,7 +157,7 @@ ImageBlocks ForwardBlocks(const ConvGeometry& g, const ZConv& z_conv, const Runt
     return GuidedBlocks(g.batch, DirectChunkImages(z_conv.conv), runtime);
   }
   if (z_conv.transposed) return GuidedBlocks(g.batch, 1, runtime);
-  return MakeBlocks(g, runtime);
+  return EqualBlocks(g.batch, runtime);
 }
 
 // y = leaky_relu(z * scale + shift) in place.
@@ -230,33 +205,6 @@ void ConvRows(const ConvGeometry& conv, const float* in, const ConvFilter& filte
   });
 }
 
-// Rows are summed in float over short runs (exact enough: at most kRunRows terms) and the
-// runs in double, which keeps the inner loop vectorised.
-constexpr int64_t kRunRows = 64;
-
-void AccumulateMoments(const float* __restrict z, int64_t rows, int64_t channels,
-                       double* sum, double* sum_sq) {
-  std::vector<float> run_sum(channels), run_sq(channels);
-  for (int64_t r0 = 0; r0 < rows; r0 += kRunRows) {
-    std::fill(run_sum.begin(), run_sum.end(), 0.0f);
-    std::fill(run_sq.begin(), run_sq.end(), 0.0f);
-    float* __restrict rs = run_sum.data();
-    float* __restrict rq = run_sq.data();
-    const int64_t r1 = std::min(rows, r0 + kRunRows);
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* __restrict row = z + r * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        rs[c] += row[c];
-        rq[c] += row[c] * row[c];
-      }
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      sum[c] += rs[c];
-      sum_sq[c] += rq[c];
-    }
-  }
-}
-
 // Computes z for images [first, end) into `z` (whole-batch layout). `on_rows(rows, count)`
 // sees each finished run of z rows while it is still in cache. With an `epilogue`, the rows
 // are y: the direct kernels apply it in registers, the GEMM paths to each run.
@@ -285,15 +233,6 @@ void ComputeZ(const ConvGeometry& g, const ZConv& z_conv, const float* x, const 
   FinishRows(epilogue, g.big_c, z_block, block_rows, on_rows);
 }
 
-// Sums a [count, length] array of per-task partials into out[length].
-template <typename T>
-void SumPartials(const std::vector<T>& partials, int64_t count, int64_t length, T* out) {
-  for (int64_t i = 0; i < length; ++i) out[i] = 0;
-  for (int64_t b = 0; b < count; ++b) {
-    for (int64_t i = 0; i < length; ++i) out[i] += partials[b * length + i];
-  }
-}
-
 // out[length] = the sum of `count` per-task partials [count, length], in slices run as tasks:
 // each element still sums the tasks in order (the result does not depend on the threads), and
 // the pass over the partials (2 MB at a 64 -> 64 channel 3x3 conv's 14 tasks) is shared by
@@ -313,58 +252,6 @@ void SumPartialsInSlices(const float* partials, int64_t count, int64_t length,
     }
   });
 }
-
-std::string CheckFinite(const char* name, const float* values, int64_t count) {
-  // A branch-free pass first (v - v is 0 for finite v, NaN otherwise), so the common case
-  // vectorises; only a failed check looks for the element to name.
-  float probe[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= count; i += 16) {
-    for (int lane = 0; lane < 16; ++lane) probe[lane] += values[i + lane] - values[i + lane];
-  }
-  float total = 0.0f;
-  for (; i < count; ++i) total += values[i] - values[i];
-  for (float lane : probe) total += lane;
-  if (total == 0.0f) return "";
-  for (int64_t i = 0; i < count; ++i) {
-    if (!std::isfinite(values[i])) {
-      std::ostringstream err;
-      err << name << " contains NaN or Inf (element " << i << " is " << values[i] << ")";
-      return err.str();
-    }
-  }
-  return "";
-}
-
-std::string CheckParameters(const FusedParams& p, const float* kernel, const float* gamma,
-                            const float* beta) {
-  const ConvGeometry& g = p.geometry;
-  std::string err = CheckOpParams(p.epsilon, p.negative_slope);  // the contract's rule
-  if (err.empty()) err = CheckFinite("kernel", kernel, g.patch_size() * g.small_c);
-  if (err.empty()) err = CheckFinite("gamma", gamma, g.z_channels());
-  if (err.empty()) err = CheckFinite("beta", beta, g.z_channels());
-  return err;
-}
-
-// var + epsilon is what BN takes the square root of: a moving variance at or below
-// -epsilon is an invalid parameter, not a NaN in x.
-std::string CheckVariance(const char* name, const float* variance, int64_t count,
-                          float epsilon) {
-  for (int64_t i = 0; i < count; ++i) {
-    if (!(variance[i] + epsilon > 0.0f)) {
-      std::ostringstream err;
-      err << name << " + epsilon must be > 0 (element " << i << " is " << variance[i]
-          << ", epsilon " << epsilon << ")";
-      return err.str();
-    }
-  }
-  return "";
-}
-
-// Everything the backward needs per channel.
-struct ChannelTerms {
-  std::vector<float> rstd, inv_gamma, dz_du, dz_bias, dz_xhat;
-};
 
 // Recovers (du, xhat) for a run of z rows, from y alone or from a recomputed z.
 template <bool kInvert>
@@ -534,7 +421,7 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
                          float* dbeta) {
   const ConvGeometry& g = p.geometry;
   const int64_t channels = g.z_channels();
-  const ImageBlocks blocks = MakeBlocks(g, runtime);
+  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
   std::vector<double> sums(blocks.count() * channels * 2, 0.0);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     double* sum_du = sums.data() + b * channels * 2;
@@ -542,17 +429,8 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
                        (blocks.end(b) - blocks.begin(b)) * g.z_pixels(), channels, sum_du,
                        sum_du + channels);
   });
-  std::vector<double> totals(channels * 2);
-  SumPartials(sums, blocks.count(), channels * 2, totals.data());
-  const double count = static_cast<double>(g.batch * g.z_pixels());
-  for (int64_t c = 0; c < channels; ++c) {
-    dbeta[c] = static_cast<float>(totals[c]);
-    dgamma[c] = static_cast<float>(totals[channels + c]);
-    terms->dz_du[c] = gamma[c] * terms->rstd[c];
-    terms->dz_bias[c] = p.training ? static_cast<float>(-terms->dz_du[c] * totals[c] / count) : 0.f;
-    terms->dz_xhat[c] =
-        p.training ? static_cast<float>(-terms->dz_du[c] * totals[channels + c] / count) : 0.f;
-  }
+  SetGradTerms(sums, blocks.count(), channels, static_cast<double>(g.batch * g.z_pixels()),
+               p.training, gamma, terms, dgamma, dbeta);
   const int64_t kernel_size = g.patch_size() * g.small_c;
   // Nothing to pack when the caller does not want dx.
   const std::unique_ptr<DxFilters> dx_filters =
@@ -594,9 +472,7 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
     }
   };
   if (!p.training) {
-    err = CheckFinite("moving_mean", moving_mean, channels);
-    if (err.empty()) err = CheckFinite("moving_variance", moving_variance, channels);
-    if (err.empty()) err = CheckVariance("moving_variance", moving_variance, channels, p.epsilon);
+    err = CheckMovingStatistics(p, moving_mean, moving_variance);
     if (!err.empty()) return err;
     set_affine(moving_mean, moving_variance);
     runtime.run_tasks(blocks.count(), [&](int64_t b) {
@@ -618,16 +494,8 @@ std::string FusedForward(const FusedParams& p, const Runtime& runtime, const flo
                AccumulateMoments(rows, count, channels, sum, sum + channels);
              });
   });
-  std::vector<double> totals(channels * 2);
-  SumPartials(moments, blocks.count(), channels * 2, totals.data());
-  const double count = static_cast<double>(g.batch * g.z_pixels());
-  for (int64_t c = 0; c < channels; ++c) {
-    const double mean = totals[c] / count;
-    // NaN or Inf in x propagates to the statistics and y, as in Keras (std::max keeps NaN).
-    const double variance = std::max(totals[channels + c] / count - mean * mean, 0.0);
-    mean_out[c] = static_cast<float>(mean);
-    variance_out[c] = static_cast<float>(variance);
-  }
+  StatisticsFromMoments(moments, blocks.count(), channels,
+                        static_cast<double>(g.batch * g.z_pixels()), mean_out, variance_out);
   set_affine(mean_out, variance_out);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     const int64_t rows = (blocks.end(b) - blocks.begin(b)) * g.z_pixels();
@@ -648,16 +516,7 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
   // gradients, as in Keras. Only the parameters are checked.
   std::string err = CheckParameters(p, kernel, gamma, beta);
   if (!err.empty()) return err;
-  ChannelTerms terms;
-  terms.rstd.resize(channels);
-  terms.inv_gamma.resize(channels);
-  terms.dz_du.resize(channels);
-  terms.dz_bias.resize(channels);
-  terms.dz_xhat.resize(channels);
-  for (int64_t c = 0; c < channels; ++c) {
-    terms.rstd[c] = 1.0f / std::sqrt(variance[c] + p.epsilon);
-    terms.inv_gamma[c] = 1.0f / gamma[c];
-  }
+  ChannelTerms terms = MakeChannelTerms(gamma, variance, channels, p.epsilon);
   const float inv_slope = p.negative_slope > 0.0f ? 1.0f / p.negative_slope : 0.0f;
   if (CanInvertOutput(gamma, beta, channels, p.negative_slope)) {
     Preactivation<true> pre{y, dy, nullptr, beta, mean, &terms, p.negative_slope, inv_slope};
@@ -666,7 +525,7 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
   // Inverting y would not be exact: recompute z from x (scratch for this call only).
   Scratch z(g.batch * g.z_pixels() * channels);
   const std::unique_ptr<ZConv> z_conv = MakeZConv(g, kernel);
-  const ImageBlocks blocks = MakeBlocks(g, runtime);
+  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     Scratch cols;
     ComputeZ(g, *z_conv, x, kernel, blocks.begin(b), blocks.end(b), &cols, z.data(),

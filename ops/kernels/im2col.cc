@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "copy_channels.h"
+
 namespace pyae {
 namespace {
 
@@ -27,25 +29,6 @@ inline void ForEachTap(const ConvGeometry& g, int64_t s, Visit visit, VisitPad v
         visit(patch_offset, image_offset + (ih * g.big_w + iw) * g.big_c);
       }
     }
-  }
-}
-
-// A memcpy call per tap costs as much as the copy itself at these channel counts; a copy of
-// compile-time size is inlined as a few vector moves.
-template <int64_t kChannels>
-inline void CopyFixed(const float* from, float* to) {
-  std::memcpy(to, from, sizeof(float) * kChannels);
-}
-
-inline void CopyChannels(const float* __restrict from, float* __restrict to, int64_t channels) {
-  switch (channels) {
-    case 1: CopyFixed<1>(from, to); return;
-    case 3: CopyFixed<3>(from, to); return;
-    case 16: CopyFixed<16>(from, to); return;
-    case 32: CopyFixed<32>(from, to); return;
-    case 64: CopyFixed<64>(from, to); return;
-    case 128: CopyFixed<128>(from, to); return;
-    default: std::memcpy(to, from, sizeof(float) * channels);
   }
 }
 
