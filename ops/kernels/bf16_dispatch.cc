@@ -1,4 +1,5 @@
 // The public bf16 kernels (fused_bf16.h): each call runs the path ActiveBf16Path() names.
+#include <cmath>
 #include <string>
 
 #include "bf16_isa.h"
@@ -56,24 +57,39 @@ Bf16Choice ActiveBf16Path() {
 std::string FusedForwardBf16(const FusedParams& params, const Runtime& runtime, const Bf16* x,
                              const float* kernel, const float* gamma, const float* beta,
                              const float* moving_mean, const float* moving_variance, Bf16* y,
-                             float* mean_out, float* variance_out) {
+                             float* mean_out, float* variance_out,
+                             const Bf16Workspace& workspace) {
   std::string error;
   const Bf16Kernels* kernels = ActiveKernels(&error);
   if (kernels == nullptr) return error;
   return kernels->forward(params, runtime, x, kernel, gamma, beta, moving_mean, moving_variance,
-                          y, mean_out, variance_out);
+                          y, mean_out, variance_out, workspace);
 }
 
 std::string FusedBackwardBf16(const FusedParams& params, const Runtime& runtime, const Bf16* dy,
                               const Bf16* x, const float* kernel, const float* gamma,
                               const float* beta, const Bf16* y, const float* mean,
                               const float* variance, Bf16* dx, float* dkernel, float* dgamma,
-                              float* dbeta) {
+                              float* dbeta, const Bf16Workspace& workspace) {
   std::string error;
   const Bf16Kernels* kernels = ActiveKernels(&error);
   if (kernels == nullptr) return error;
   return kernels->backward(params, runtime, dy, x, kernel, gamma, beta, y, mean, variance, dx,
-                           dkernel, dgamma, dbeta);
+                           dkernel, dgamma, dbeta, workspace);
+}
+
+// Here, compiled for the baseline, not in fused_bf16.cc: the TF op asks it on any CPU.
+// y = v (1 + d), |d| <= u = 2^-8, gives (v - beta) / gamma off by at most u (|xhat| +
+// |beta / gamma|), which is within Keras' u |z| / std = u |xhat + mean / std| when
+// |beta| <= |gamma| (and |mean| >= std).
+bool Bf16BackwardInvertsY(const float* gamma, const float* beta, int64_t channels,
+                          float negative_slope) {
+  if (!(negative_slope > 0.0f)) return false;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float g = std::fabs(gamma[c]);
+    if (!(g >= 1e-6f) || !(std::fabs(beta[c]) <= g)) return false;
+  }
+  return true;
 }
 
 std::string ConvBf16(const ConvGeometry& g, const Runtime& runtime, const Bf16* big,

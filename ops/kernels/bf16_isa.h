@@ -13,11 +13,12 @@ struct Bf16Kernels {
   std::string (*forward)(const FusedParams&, const Runtime&, const Bf16* x, const float* kernel,
                          const float* gamma, const float* beta, const float* moving_mean,
                          const float* moving_variance, Bf16* y, float* mean_out,
-                         float* variance_out);
+                         float* variance_out, const Bf16Workspace& workspace);
   std::string (*backward)(const FusedParams&, const Runtime&, const Bf16* dy, const Bf16* x,
                           const float* kernel, const float* gamma, const float* beta,
                           const Bf16* y, const float* mean, const float* variance, Bf16* dx,
-                          float* dkernel, float* dgamma, float* dbeta);
+                          float* dkernel, float* dgamma, float* dbeta,
+                          const Bf16Workspace& workspace);
   void (*conv)(const ConvGeometry&, const Runtime&, const Bf16* big, const float* filter,
                float* small);
   void (*conv_transpose)(const ConvGeometry&, const Runtime&, const Bf16* small,

@@ -82,7 +82,7 @@ void PackForward(const ConvGeometry& g, const float* kernel, Filters* filters) {
 std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
                     const float* kernel, const float* gamma, const float* beta,
                     const float* moving_mean, const float* moving_variance, Bf16* y,
-                    float* mean_out, float* variance_out) {
+                    float* mean_out, float* variance_out, const Bf16Workspace& workspace) {
   const ConvGeometry& g = p.geometry;
   std::string err = CheckParameters(p, kernel, gamma, beta);
   if (err.empty() && !p.training) err = CheckMovingStatistics(p, moving_mean, moving_variance);
@@ -92,7 +92,8 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
   Filters filters;
   PackForward(g, kernel, &filters);
   const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
-  Scratch z(g.batch * pixels * channels);
+  float* z = workspace.z;
+  if (z == nullptr) return "the bf16 forward needs a z workspace (Bf16Workspace::z)";
   // The direct kernels sum z's moments from their tiles; otherwise each task sums its block's
   // right after computing its z.
   std::vector<double> moments(blocks.count() * channels * 2, 0.0);
@@ -101,12 +102,12 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
     double* sum = moments.data() + b * channels * 2;
     if (p.training && DirectZ(g)) {
       TileMoments tile_moments(channels, sum, sum + channels);
-      ComputeZ(g, filters, x, blocks.begin(b), blocks.end(b), &scratch, z.data(), &tile_moments);
+      ComputeZ(g, filters, x, blocks.begin(b), blocks.end(b), &scratch, z, &tile_moments);
       return;
     }
-    ComputeZ(g, filters, x, blocks.begin(b), blocks.end(b), &scratch, z.data());
+    ComputeZ(g, filters, x, blocks.begin(b), blocks.end(b), &scratch, z);
     if (!p.training) return;
-    AccumulateMoments(z.data() + blocks.begin(b) * pixels * channels,
+    AccumulateMoments(z + blocks.begin(b) * pixels * channels,
                       (blocks.end(b) - blocks.begin(b)) * pixels, channels, sum, sum + channels);
   });
   if (p.training) {
@@ -123,24 +124,10 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
   }
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     const int64_t offset = blocks.begin(b) * pixels * channels;
-    ApplyEpilogue(z.data() + offset, (blocks.end(b) - blocks.begin(b)) * pixels, channels,
+    ApplyEpilogue(z + offset, (blocks.end(b) - blocks.begin(b)) * pixels, channels,
                   scale.data(), shift.data(), p.negative_slope, y + offset);
   });
   return "";
-}
-
-// True when xhat recovered from y in bf16 is as accurate as Keras' batch norm of a bf16 z:
-// y = v (1 + d), |d| <= u = 2^-8, gives (u - beta) / gamma off by at most u (|xhat| +
-// |beta / gamma|), which is within Keras' u |z| / std = u |xhat + mean / std| when
-// |beta| <= |gamma| (and |mean| >= std). Otherwise z is recomputed from x (float32 exact).
-bool CanInvertBf16Output(const float* gamma, const float* beta, int64_t channels,
-                         float negative_slope) {
-  if (!(negative_slope > 0.0f)) return false;
-  for (int64_t c = 0; c < channels; ++c) {
-    const float g = std::fabs(gamma[c]);
-    if (!(g >= 1e-6f) || !(std::fabs(beta[c]) <= g)) return false;
-  }
-  return true;
 }
 
 // du and xhat of `rows` rows from y and dy (bf16), and either y's inverse (z null) or the
@@ -224,17 +211,15 @@ void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_
   }
 }
 
-// dx and this block's dfilter^T for images [first, end), from dz computed here.
+// dx and this block's dfilter^T for images [first, end), from dz computed here into the
+// images' rows of `dz` (whole-batch layout).
 void BackwardBlock(const ConvGeometry& g, const Preactivation& pre, const Bf16* x,
-                   const Filters& dx_filters, int64_t first, int64_t end, Bf16* dx,
+                   const Filters& dx_filters, int64_t first, int64_t end, Bf16* dz, Bf16* dx,
                    float* dfilter_t) {
   const int64_t channels = g.z_channels();
   const int64_t z_rows = (end - first) * g.z_pixels();
   ConvScratch scratch;
-  Bf16Buffer dz_block;  // uninitialised: ComputeDz writes every value
-  dz_block.Reserve(z_rows * channels);
-  ComputeDz(pre, first * g.z_pixels(), z_rows, channels, dz_block.data());
-  const Bf16* dz = dz_block.data() - first * g.z_pixels() * channels;
+  ComputeDz(pre, first * g.z_pixels(), z_rows, channels, dz + first * g.z_pixels() * channels);
   // Transposed, z is the conv's big image; else x is.
   FilterGradImages(g, g.transpose ? dz : x, g.transpose ? x : dz, first, end, &scratch,
                    dfilter_t);
@@ -262,22 +247,24 @@ void BackwardBlock(const ConvGeometry& g, const Preactivation& pre, const Bf16* 
 std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* dy, const Bf16* x,
                      const float* kernel, const float* gamma, const float* beta, const Bf16* y,
                      const float* mean, const float* variance, Bf16* dx, float* dkernel,
-                     float* dgamma, float* dbeta) {
+                     float* dgamma, float* dbeta, const Bf16Workspace& workspace) {
   const ConvGeometry& g = p.geometry;
   std::string err = CheckParameters(p, kernel, gamma, beta);
   if (!err.empty()) return err;
+  if (workspace.dz == nullptr) return "the bf16 backward needs a dz workspace (Bf16Workspace::dz)";
   const int64_t channels = g.z_channels();
   const int64_t pixels = g.z_pixels();
   ChannelTerms terms = MakeChannelTerms(gamma, variance, channels, p.epsilon);
   const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
-  Scratch z;
-  if (!CanInvertBf16Output(gamma, beta, channels, p.negative_slope)) {
+  float* z = nullptr;
+  if (!Bf16BackwardInvertsY(gamma, beta, channels, p.negative_slope)) {
+    z = workspace.z;
+    if (z == nullptr) return "the bf16 backward recomputes z and needs a z workspace";
     Filters forward;  // z again from x
     PackForward(g, kernel, &forward);
-    z.Reserve(g.batch * pixels * channels);
-    ComputeAllZ(g, runtime, blocks, forward, x, z.data());
+    ComputeAllZ(g, runtime, blocks, forward, x, z);
   }
-  const Preactivation pre{y, dy, z.data(), beta, mean, &terms, p.negative_slope};
+  const Preactivation pre{y, dy, z, beta, mean, &terms, p.negative_slope};
   std::vector<double> sums(blocks.count() * channels * 2, 0.0);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     double* sum_du = sums.data() + b * channels * 2;
@@ -293,8 +280,9 @@ std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* d
   const int64_t patch = g.patch_size();
   const int64_t kernel_size = patch * g.small_c;
   std::vector<float> partials(blocks.count() * kernel_size, 0.0f);
+  Bf16* dz = workspace.dz;  // every task writes its images' dz
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
-    BackwardBlock(g, pre, x, dx_filters, blocks.begin(b), blocks.end(b), dx,
+    BackwardBlock(g, pre, x, dx_filters, blocks.begin(b), blocks.end(b), dz, dx,
                   partials.data() + b * kernel_size);
   });
   std::vector<float> dfilter_t(kernel_size);

@@ -44,17 +44,34 @@ struct Bf16Choice {
 };
 Bf16Choice ActiveBf16Path();
 
+// Workspaces the caller lends the bf16 kernels, each g.batch * z_pixels * z_channels values
+// that the kernels overwrite. The caller allocates them because it can reuse memory from step
+// to step (the TF op takes them from TensorFlow's allocator): the kernels' own allocation of
+// tens of megabytes was a fresh mapping on every call, whose page faults measured about half
+// of a 40 ms forward at Cartoon's shapes.
+struct Bf16Workspace {
+  float* z = nullptr;  // z in float32: the forward's; the backward's where !Bf16BackwardInvertsY
+  Bf16* dz = nullptr;  // the backward's dz, rounded to bf16 for the two conv gradients
+};
+
+// True when the backward recovers xhat from y (bf16) as accurately as Keras' batch norm of a
+// bf16 z: slope > 0, and for every channel |gamma| >= 1e-6 and |beta| <= |gamma| (fused_bf16.cc
+// derives it). Otherwise it recomputes z from x, into Bf16Workspace::z.
+bool Bf16BackwardInvertsY(const float* gamma, const float* beta, int64_t channels,
+                          float negative_slope);
+
 // As FusedForward/FusedBackward (fused_conv_bn_lrelu.h) with x, y, dy and dx in bf16.
 std::string FusedForwardBf16(const FusedParams& params, const Runtime& runtime, const Bf16* x,
                              const float* kernel, const float* gamma, const float* beta,
                              const float* moving_mean, const float* moving_variance, Bf16* y,
-                             float* mean_out, float* variance_out);
+                             float* mean_out, float* variance_out,
+                             const Bf16Workspace& workspace);
 
 std::string FusedBackwardBf16(const FusedParams& params, const Runtime& runtime, const Bf16* dy,
                               const Bf16* x, const float* kernel, const float* gamma,
                               const float* beta, const Bf16* y, const float* mean,
                               const float* variance, Bf16* dx, float* dkernel, float* dgamma,
-                              float* dbeta);
+                              float* dbeta, const Bf16Workspace& workspace);
 
 // The three convolutions alone, float32 results of bf16 operands (the filter is rounded to
 // bf16), for the kernel tests. g as in conv_geometry.h (big -> small; filter [patch, small_c]).

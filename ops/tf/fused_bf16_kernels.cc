@@ -26,6 +26,19 @@ Bf16* MutableBits(Tensor* t) { return reinterpret_cast<Bf16*>(t->flat<bfloat16>(
 
 const float* Floats(const Tensor& t) { return t.flat<float>().data(); }
 
+// A workspace of `count` values from TensorFlow's allocator (which reuses its memory from step
+// to step; see Bf16Workspace).
+template <typename T>
+::tensorflow::Status AllocateWorkspace(OpKernelContext* ctx, int64_t count, Tensor* tensor,
+                                       T** data) {
+  const ::tensorflow::Status status =
+      ctx->allocate_temp(::tensorflow::DataTypeToEnum<T>::value, TensorShape({count}), tensor);
+  if (status.ok()) *data = tensor->flat<T>().data();
+  return status;
+}
+
+int64_t ZValues(const ConvGeometry& g) { return g.batch * g.z_pixels() * g.z_channels(); }
+
 class FusedBf16Op : public FusedOpBase {
  public:
   using FusedOpBase::FusedOpBase;
@@ -39,11 +52,14 @@ class FusedBf16Op : public FusedOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ZShape(params.geometry), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({channels}), &mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({channels}), &variance));
+    Tensor z;
+    Bf16Workspace workspace;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, ZValues(params.geometry), &z, &workspace.z));
     const std::string err = FusedForwardBf16(
         params, crew->AsRuntime(), Bits(ctx->input(0)), Floats(ctx->input(1)),
         Floats(ctx->input(2)), Floats(ctx->input(3)), Floats(ctx->input(4)),
         Floats(ctx->input(5)), MutableBits(y), mean->flat<float>().data(),
-        variance->flat<float>().data());
+        variance->flat<float>().data(), workspace);
     OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
   }
 };
@@ -59,12 +75,22 @@ class FusedBf16GradOp : public FusedOpBase {
     Tensor* grads[4];
     OP_REQUIRES_OK(ctx, AllocateGradOutputs(ctx, params.geometry.z_channels(), grads,
                                             /*skip_unused_dx=*/true));
+    const ConvGeometry& g = params.geometry;
+    Tensor z, dz;
+    Bf16Workspace workspace;
+    bfloat16* dz_values = nullptr;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, ZValues(g), &dz, &dz_values));
+    workspace.dz = reinterpret_cast<Bf16*>(dz_values);
+    if (!Bf16BackwardInvertsY(Floats(ctx->input(3)), Floats(ctx->input(4)), g.z_channels(),
+                              params.negative_slope)) {
+      OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, ZValues(g), &z, &workspace.z));
+    }
     const std::string err = FusedBackwardBf16(
         params, crew->AsRuntime(), Bits(ctx->input(0)), Bits(ctx->input(1)),
         Floats(ctx->input(2)), Floats(ctx->input(3)), Floats(ctx->input(4)),
         Bits(ctx->input(5)), Floats(ctx->input(6)), Floats(ctx->input(7)),
         grads[0] != nullptr ? MutableBits(grads[0]) : nullptr, grads[1]->flat<float>().data(),
-        grads[2]->flat<float>().data(), grads[3]->flat<float>().data());
+        grads[2]->flat<float>().data(), grads[3]->flat<float>().data(), workspace);
     OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
   }
 };
