@@ -11,7 +11,8 @@
 
 #include "bf16_target.h"  // after every other include
 
-#include "copy_channels.h"  // compiled for this target: after the pragma
+#include "bf16_pair_tile.h"  // compiled for this target: after the pragma
+#include "copy_channels.h"
 
 namespace pyae {
 namespace avx512bf16 {
@@ -85,21 +86,7 @@ void GemmTile(int64_t pairs, const Bf16* a, int64_t lda, const Bf16* b, int64_t 
   const Bf16* rows[kRows];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) rows[r] = a + r * lda;
-  for (int64_t k = 0; k < pairs; ++k, b += pair_stride) {
-    __m512i w[kVectors];
-#pragma GCC unroll 4
-    for (int j = 0; j < kVectors; ++j) w[j] = _mm512_loadu_si512(b + 32 * j);
-#pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, rows[r] + 2 * k, sizeof(pair));
-      const __m512i broadcast = _mm512_set1_epi32(pair);
-#pragma GCC unroll 4
-      for (int j = 0; j < kVectors; ++j) {
-        acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)broadcast, (__m512bh)w[j]);
-      }
-    }
-  }
+  AccumulatePairs<kRows, kVectors>(rows, b, pairs, pair_stride, acc);
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 4

@@ -15,6 +15,8 @@
 
 #include "bf16_target.h"  // after every other include
 
+#include "bf16_pair_tile.h"  // compiled for this target: after the pragma
+
 namespace pyae {
 namespace avx512bf16 {
 namespace {
@@ -49,22 +51,8 @@ void GatherTile(const Bf16* base, const int64_t* origin, const Bf16Slice* slices
     const Bf16* rows[kRows];
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) rows[r] = base + origin[r] + slices[s].offset;
-    const Bf16* w = filter + slices[s].pair * pair_stride;
-    for (int64_t k = 0; k < slices[s].pairs; ++k, w += pair_stride) {
-      __m512i wv[kVectors];
-#pragma GCC unroll 4
-      for (int j = 0; j < kVectors; ++j) wv[j] = _mm512_loadu_si512(w + 32 * j);
-#pragma GCC unroll 8
-      for (int r = 0; r < kRows; ++r) {
-        int32_t pair;
-        std::memcpy(&pair, rows[r] + 2 * k, sizeof(pair));
-        const __m512i broadcast = _mm512_set1_epi32(pair);
-#pragma GCC unroll 4
-        for (int j = 0; j < kVectors; ++j) {
-          acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)broadcast, (__m512bh)wv[j]);
-        }
-      }
-    }
+    AccumulatePairs<kRows, kVectors>(rows, filter + slices[s].pair * pair_stride,
+                                     slices[s].pairs, pair_stride, acc);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
