@@ -31,9 +31,9 @@ SLOWER_THAN_TF_PATHS = {
 
 
 # Under mixed_bfloat16, why the native bf16 op would not beat the composite ops in bfloat16
-# (then impl="auto" runs those), or None: measured faster (bench/RESULTS.md, "Mixed
-# precision": fwd+bwd per block vs Keras' layers under the policy, geometric mean 1.60x
-# Fashion-MNIST, 1.54x Cartoon; 15 of 16 blocks faster, Cartoon enc2 0.95x).
+# (then impl="auto" runs those), or None: measured faster at every block (bench/RESULTS.md,
+# "Mixed precision after the direct bf16 kernels": fwd+bwd per block vs Keras' layers under the
+# policy, 1.27-2.12x Fashion-MNIST, 1.33-2.77x Cartoon).
 BF16_SLOWER_THAN_TF = None
 
 
@@ -95,7 +95,7 @@ def _explain_bf16(impl):
     if BF16_SLOWER_THAN_TF is not None:
         return "tf", BF16_SLOWER_THAN_TF
     return "native", (f"the native bf16 op ({path}) beats the composite ops in bfloat16 "
-                      "(fwd+bwd per block, geometric mean 1.60x Fashion-MNIST, 1.54x Cartoon; "
+                      "(fwd+bwd at every block, 1.27-2.12x Fashion-MNIST, 1.33-2.77x Cartoon; "
                       "bench/RESULTS.md, 'Mixed precision')")
 
 
