@@ -33,8 +33,7 @@ namespace {
 
 // `lanes` (0 to 16) bf16 values at p, zeros after them.
 inline __m256i LoadBf16(const Bf16* p, int64_t lanes) {
-  const __mmask16 mask = lanes >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << lanes) - 1);
-  return _mm256_maskz_loadu_epi16(mask, p);
+  return _mm256_maskz_loadu_epi16(LaneMask(lanes), p);
 }
 
 }  // namespace
@@ -129,17 +128,13 @@ TileFn TileFor(int64_t vectors, int64_t rows) {
 void GemmBf16(int64_t m, const Bf16* a, int64_t lda, const PairPacked& b, float* c, int64_t ldc,
               bool accumulate) {
   for (int64_t block = 0; block < b.num_blocks(); ++block) {
-    const int64_t width = b.block_width(block);
-    const int64_t vectors = (width + 15) / 16;
-    const int64_t last_lanes = width - (vectors - 1) * 16;
-    const __mmask16 last =
-        last_lanes >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << last_lanes) - 1);
-    const TileFn full = TileFor(vectors, kTileRows);
+    const BlockVectors vectors = VectorsFor(b.block_width(block));
+    const TileFn full = TileFor(vectors.count, kTileRows);
     for (int64_t r = 0; r < m; r += kTileRows) {
       const int64_t rows = std::min(kTileRows, m - r);
-      const TileFn tile = rows == kTileRows ? full : TileFor(vectors, rows);
+      const TileFn tile = rows == kTileRows ? full : TileFor(vectors.count, rows);
       tile(b.pairs(), a + r * lda, lda, b.block(block), b.block_stride(block) * 2,
-           c + r * ldc + b.block_col(block), ldc, last, accumulate);
+           c + r * ldc + b.block_col(block), ldc, vectors.last, accumulate);
     }
   }
 }
@@ -277,7 +272,7 @@ void ToBf16(const float* in, int64_t n, Bf16* out) {
                         (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(in + i)));
   }
   if (i < n) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 mask = LaneMask(n - i);
     _mm256_mask_storeu_epi16(out + i, mask,
                              (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, in + i)));
   }
@@ -286,7 +281,7 @@ void ToBf16(const float* in, int64_t n, Bf16* out) {
 void ToFloat(const Bf16* in, int64_t n, float* out) {
   for (int64_t i = 0; i < n; i += 16) {
     const int64_t lanes = std::min<int64_t>(16, n - i);
-    const __mmask16 mask = lanes >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << lanes) - 1);
+    const __mmask16 mask = LaneMask(lanes);
     // maskz forms: the plain ones start from _mm512_undefined, which GCC 12 warns about.
     const __m512i wide = _mm512_maskz_slli_epi32(
         0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, LoadBf16(in + i, lanes)), 16);

@@ -114,20 +114,16 @@ void GatherPixels(const Bf16* base, const Bf16Pixels& pixels, const std::vector<
                   const PairPacked& filter, Out* out, TileMoments* moments) {
   const int64_t count = static_cast<int64_t>(pixels.origins.size());
   for (int64_t b = 0; b < filter.num_blocks(); ++b) {
-    const int64_t width = filter.block_width(b);
-    const int64_t vectors = (width + 15) / 16;
-    const int64_t last_lanes = width - (vectors - 1) * 16;
-    const __mmask16 last =
-        last_lanes >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << last_lanes) - 1);
-    const GatherFn<Out> full = GatherFor<Out>(vectors, kTileRows);
+    const BlockVectors vectors = VectorsFor(filter.block_width(b));
+    const GatherFn<Out> full = GatherFor<Out>(vectors.count, kTileRows);
     float* run = moments != nullptr ? moments->run() + filter.block_col(b) : nullptr;
     const int64_t squares = moments != nullptr ? moments->channels() : 0;
     for (int64_t m = 0, tiles = 1; m < count; m += kTileRows, ++tiles) {
       const int64_t rows = std::min(kTileRows, count - m);
-      (rows == kTileRows ? full : GatherFor<Out>(vectors, rows))(
+      (rows == kTileRows ? full : GatherFor<Out>(vectors.count, rows))(
           base, pixels.origins.data() + m, slices.data(), slices.size(), filter.block(b),
-          filter.block_stride(b) * 2, out + filter.block_col(b), pixels.at.data() + m, last,
-          run, squares);
+          filter.block_stride(b) * 2, out + filter.block_col(b), pixels.at.data() + m,
+          vectors.last, run, squares);
       if (moments != nullptr && tiles % kTilesPerRun == 0) moments->Flush();
     }
     if (moments != nullptr) moments->Flush();
