@@ -32,3 +32,15 @@ def _fused_conv_bn_leaky_relu_grad(op, grad_y, _grad_mean, _grad_variance):
 @tf.RegisterGradient(BF16_FORWARD_OP)
 def _fused_conv_bn_leaky_relu_bf16_grad(op, grad_y, _grad_mean, _grad_variance):
     return _grad(_loader.load().pyae_fused_conv_bn_leaky_relu_bf16_grad, op, grad_y)
+
+
+OUTPUT_OP = "PyaeConvTransposeOutput"
+
+
+@tf.RegisterGradient(OUTPUT_OP)
+def _conv_transpose_output_grad(op, grad_y):
+    """dx, dkernel and dbias in one native pass (dkernel and dbias float32, as the variables)."""
+    x, kernel = op.inputs[0], op.inputs[1]
+    return _loader.load().pyae_conv_transpose_output_grad(
+        grad_y, op.outputs[0], x, kernel,
+        strides=op.get_attr("strides"), activation=op.get_attr("activation"))
