@@ -41,7 +41,13 @@ from op_cases import AWKWARD, FASHION_BLOCKS, make_inputs, op_attrs, shape_id
 
 U = 2.0 ** -8
 F32_RTOL = 5e-5  # the float32 kernels' tested accuracy (test_op.py), relative to the scale
-KERNEL_CASES = FASHION_BLOCKS + AWKWARD
+# The filter gradient pairs horizontally adjacent small pixels: rows of odd and of one pixel
+# (a pixel paired with zero), and small channel counts past one 64-wide block or under a vector.
+FILTER_GRAD_AWKWARD = [
+    (2, 7, 9, 6, 80, 3, 2, "same", False),  # small rows of 5 pixels, 80 = 64 + 16 filters
+    (3, 5, 1, 5, 66, 3, 1, "same", True),   # rows of one pixel, 66 big and 5 small channels
+]
+KERNEL_CASES = FASHION_BLOCKS + AWKWARD + FILTER_GRAD_AWKWARD
 
 
 def needs_bf16_kernels():
@@ -146,7 +152,7 @@ def test_bf16_op_forward_within_rounding_bound_of_float64(rng, case, training):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
-@pytest.mark.parametrize("case", FASHION_BLOCKS + AWKWARD[:6], ids=shape_id)
+@pytest.mark.parametrize("case", FASHION_BLOCKS + AWKWARD[:6] + FILTER_GRAD_AWKWARD, ids=shape_id)
 def test_bf16_op_gradients_within_rounding_bound_of_float64(rng, case, training):
     needs_bf16_kernels()
     inputs = make_inputs(rng, case)

@@ -36,37 +36,6 @@ inline __m256i LoadBf16(const Bf16* p, int64_t lanes) {
   return _mm256_maskz_loadu_epi16(LaneMask(lanes), p);
 }
 
-}  // namespace
-
-void PairPacked::FillRows(const Bf16* rows_data, int64_t rows, int64_t cols, int64_t ld) {
-  Reset(rows, cols);
-  // Output lane 2i takes the first row's column i, lane 2i + 1 the second row's.
-  alignas(64) int16_t order[32];
-  for (int i = 0; i < 16; ++i) {
-    order[2 * i] = static_cast<int16_t>(i);
-    order[2 * i + 1] = static_cast<int16_t>(32 + i);
-  }
-  const __m512i interleave = _mm512_load_si512(order);
-  for (int64_t b = 0; b < num_blocks(); ++b) {
-    Bf16* to = block(b);
-    const int64_t stride = block_stride(b), width = block_width(b);
-    for (int64_t q = 0; q < pairs(); ++q) {
-      const Bf16* first = rows_data + 2 * q * ld + block_col(b);
-      const bool has_second = 2 * q + 1 < rows;
-      for (int64_t c = 0; c < stride; c += 16) {
-        const int64_t lanes = std::clamp<int64_t>(width - c, 0, 16);
-        const __m512i a = _mm512_castsi256_si512(LoadBf16(first + c, lanes));
-        const __m512i b_row =
-            _mm512_castsi256_si512(LoadBf16(first + ld + c, has_second ? lanes : 0));
-        _mm512_storeu_si512(to + (q * stride + c) * 2,
-                            _mm512_permutex2var_epi16(a, interleave, b_row));
-      }
-    }
-  }
-}
-
-namespace {
-
 // c[kRows, kVectors * 16] (+)= a[kRows, 2 * pairs] x one column block of b (`pair_stride`
 // bf16 values from one pair row to the next). The last vector stores `last` lanes.
 template <int kRows, int kVectors>
@@ -168,7 +137,7 @@ void Im2ColBf16(const ConvGeometry& g, const Bf16* big, int64_t first, int64_t r
 
 int64_t TileRows(int64_t row_length) {
   constexpr int64_t kTileValues = 128 * 1024;  // 256 KiB of bf16
-  return std::max<int64_t>(32, kTileValues / std::max<int64_t>(1, row_length)) / 2 * 2;
+  return std::max<int64_t>(32, kTileValues / std::max<int64_t>(1, row_length));
 }
 
 namespace {
@@ -223,31 +192,6 @@ void ConvTransposeImages(const ConvGeometry& g, const Bf16* small, const PairPac
     }
     GemmBf16(rows, a, lda, filter_t, scratch->floats.data(), patch, false);
     Col2ImAdd(g, scratch->floats.data(), s, rows, big);
-  }
-}
-
-void FilterGradImages(const ConvGeometry& g, const Bf16* big, const Bf16* small, int64_t first,
-                      int64_t end, ConvScratch* scratch, float* dfilter_t) {
-  const int64_t patch = g.patch_size();
-  const int64_t tile = TileRows(patch);
-  scratch->cols.Reserve(tile * patch);
-  scratch->rows.Reserve(g.small_c * tile);
-  const int64_t stop = end * g.small_pixels();
-  for (int64_t s = first * g.small_pixels(); s < stop; s += tile) {
-    const int64_t rows = std::min(tile, stop - s);
-    const int64_t lda = RoundUpEven(rows);
-    // The reduction runs over pixels: patches pair-packed, small^T with pixel pairs adjacent.
-    Im2ColBf16(g, big, s, rows, patch, scratch->cols.data());
-    scratch->packed.FillRows(scratch->cols.data(), rows, patch, patch);
-    Bf16* small_t = scratch->rows.data();
-    const Bf16* from = small + s * g.small_c;
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t c = 0; c < g.small_c; ++c) small_t[c * lda + r] = from[r * g.small_c + c];
-    }
-    if (lda != rows) {
-      for (int64_t c = 0; c < g.small_c; ++c) small_t[c * lda + rows] = 0;
-    }
-    GemmBf16(g.small_c, small_t, lda, scratch->packed, dfilter_t, patch, true);
   }
 }
 

@@ -54,8 +54,6 @@ class PairPacked {
   // Packs matrix(row, col) (a float, rounded to bf16).
   template <typename Matrix>
   void Fill(int64_t rows, int64_t cols, Matrix matrix);
-  // Packs the bf16 rows of a row-major [rows, cols] matrix (row r at rows_data + r * ld).
-  void FillRows(const Bf16* rows_data, int64_t rows, int64_t cols, int64_t ld);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
@@ -117,7 +115,6 @@ struct Bf16Pixels {
 struct ConvScratch {
   Bf16Buffer cols, rows, padded;
   std::vector<float> floats;
-  PairPacked packed;
   Bf16Pixels pixels;
 };
 
@@ -175,9 +172,11 @@ void ConvImages(const ConvGeometry& g, const Bf16* big, const PairPacked& filter
 void ConvTransposeImages(const ConvGeometry& g, const Bf16* small, const PairPacked& filter_t,
                          int64_t first, int64_t end, ConvScratch* scratch, float* big);
 
-// dfilter_t[small_c, patch] += small^T x patches(big), over images [first, end).
+// dfilter[patch, small_c] (the kernel's layout) += patches(big)^T x small, over images
+// [first, end): direct (direct_bf16.cc) for every shape, its reduction over pixel pairs, so
+// no channel count needs another route.
 void FilterGradImages(const ConvGeometry& g, const Bf16* big, const Bf16* small, int64_t first,
-                      int64_t end, ConvScratch* scratch, float* dfilter_t);
+                      int64_t end, ConvScratch* scratch, float* dfilter);
 
 // The filter matrix [patch, small_c] packed as it is (for ConvImages), and for
 // ConvTransposeImages: PackTapFilter's where DirectTransposeApplies, else transposed
@@ -189,8 +188,7 @@ void PackFilterTransposed(const ConvGeometry& g, const float* filter, PairPacked
 void ToBf16(const float* in, int64_t n, Bf16* out);
 void ToFloat(const Bf16* in, int64_t n, float* out);
 
-// Small pixels per im2col tile, even (so the filter gradient's pixel pairs never straddle
-// tiles): the tile's patch rows stay in L2.
+// Small pixels per im2col tile: the tile's patch rows stay in L2.
 int64_t TileRows(int64_t row_length);
 
 }  // namespace avx512bf16

@@ -275,6 +275,219 @@ void DirectConvTranspose(const ConvGeometry& g, const Bf16* small, const PairPac
   }
 }
 
+// --- the filter gradient: dfilter[tap * big_c + ci, co] += sum over small pixels of
+// big(pixel's tap, ci) x small(pixel, co). Its reduction runs over pixels, which NHWC does not
+// keep in pairs, so each band is copied once with pixel pairs interleaved: two horizontally
+// adjacent small pixels (ow, ow + 1), ow even, whose taps read big pixels stride_w columns
+// apart; an odd row's last pixel is paired with a zero. The small side (every fused block's
+// 64 channels) fills the vectors, each (tap, big channel) row is a broadcast, so the tiles run
+// full at big_c 32 too, and the result comes out in the kernel's own layout.
+
+// Lane 2i of the result is a's lane i, lane 2i + 1 b's (16 bf16 of each).
+inline __m512i InterleaveBf16(__m256i a, __m256i b) {
+  alignas(64) static constexpr int16_t kOrder[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5,
+                                                     37, 6, 38, 7, 39, 8, 40, 9, 41, 10, 42,
+                                                     11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  return _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), _mm512_load_si512(kOrder),
+                                   _mm512_castsi256_si512(b));
+}
+
+// The value pairs of `channels` channels of two pixels (null: zeros) into out[2 * channels].
+inline void StorePairs(const Bf16* first, const Bf16* second, int64_t channels, Bf16* out) {
+  for (int64_t c = 0; c < channels; c += 16, out += 32) {
+    const int64_t lanes = std::min<int64_t>(16, channels - c);
+    const __mmask16 mask = LaneMask(lanes);
+    const __m256i a = first != nullptr ? _mm256_maskz_loadu_epi16(mask, first + c)
+                                       : _mm256_setzero_si256();
+    const __m256i b = second != nullptr ? _mm256_maskz_loadu_epi16(mask, second + c)
+                                        : _mm256_setzero_si256();
+    const __mmask32 pairs = lanes >= 16 ? 0xFFFFFFFFu : (1u << (2 * lanes)) - 1;
+    _mm512_mask_storeu_epi16(out, pairs, InterleaveBf16(a, b));
+  }
+}
+
+// The bands' layout: padded big columns q whose value pairs are (q, q + stride_w), and the
+// small pixel pairs, their channels rounded up to whole vectors (zeros after small_c).
+struct PairBands {
+  int64_t paired_width;  // small pixels per row, rounded up to even
+  int64_t columns;       // padded big columns whose pairs a tap reads
+  int64_t row_values;    // bf16 values per padded big row
+  int64_t small_values;  // bf16 values per small pixel pair
+};
+
+PairBands BandsFor(const ConvGeometry& g) {
+  const int64_t paired_width = (g.small_w + 1) / 2 * 2;
+  const int64_t columns = (paired_width - 2) * g.stride_w + g.kernel_w;
+  return {paired_width, columns, columns * g.big_c * 2, (g.small_c + 15) / 16 * 16 * 2};
+}
+
+// Padded big rows [row_begin, row_end) of one image, pair-interleaved: value pair (p, q, c) is
+// (big(p, q, c), big(p, q + stride_w, c)) in padded coordinates, zero outside the image.
+void FillBigPairs(const ConvGeometry& g, const PairBands& bands, const Bf16* image,
+                  int64_t row_begin, int64_t row_end, Bf16* out) {
+  auto pixel = [&](int64_t h, int64_t q) -> const Bf16* {
+    const int64_t w = q - g.pad_left;
+    if (h < 0 || h >= g.big_h || w < 0 || w >= g.big_w) return nullptr;
+    return image + (h * g.big_w + w) * g.big_c;
+  };
+  for (int64_t p = row_begin; p < row_end; ++p) {
+    const int64_t h = p - g.pad_top;
+    for (int64_t q = 0; q < bands.columns; ++q, out += 2 * g.big_c) {
+      StorePairs(pixel(h, q), pixel(h, q + g.stride_w), g.big_c, out);
+    }
+  }
+}
+
+// Small rows [row_begin, row_end) of one image as value pairs (ow, ow + 1) per channel, ow
+// even: bands.small_values values per pair, zero past the row's end and past small_c.
+Bf16* FillSmallPairs(const ConvGeometry& g, const PairBands& bands, const Bf16* image,
+                     int64_t row_begin, int64_t row_end, Bf16* out) {
+  for (int64_t oh = row_begin; oh < row_end; ++oh) {
+    for (int64_t ow = 0; ow < g.small_w; ow += 2, out += bands.small_values) {
+      const Bf16* first = image + (oh * g.small_w + ow) * g.small_c;
+      StorePairs(first, ow + 1 < g.small_w ? first + g.small_c : nullptr,
+                 bands.small_values / 2, out);
+    }
+  }
+  return out;
+}
+
+// out[r * ld, + 16 kVectors) += sum over the pixel pairs k of the big pair of row r (at
+// big + origin[k] + row_offset[r]) times the kVectors small vectors of pair k (at
+// small + k * small_stride); the last vector stores `last`.
+template <int kRows, int kVectors>
+void PairTile(const Bf16* big, const int64_t* origin, const int64_t* row_offset,
+              const Bf16* small, int64_t small_stride, int64_t pairs, float* out, int64_t ld,
+              __mmask16 last) {
+  __m512 acc[kRows][kVectors];
+#pragma GCC unroll 12
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kVectors; ++j) {
+      acc[r][j] = _mm512_maskz_loadu_ps(j + 1 == kVectors ? last : 0xFFFF, out + r * ld + 16 * j);
+    }
+  }
+  for (int64_t k = 0; k < pairs; ++k, small += small_stride) {
+    const Bf16* base = big + origin[k];
+    __m512i w[kVectors];
+#pragma GCC unroll 4
+    for (int j = 0; j < kVectors; ++j) w[j] = _mm512_loadu_si512(small + 32 * j);
+#pragma GCC unroll 12
+    for (int r = 0; r < kRows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, base + row_offset[r], sizeof(pair));
+      const __m512bh broadcast = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+      for (int j = 0; j < kVectors; ++j) {
+        acc[r][j] = _mm512_dpbf16_ps(acc[r][j], broadcast, (__m512bh)w[j]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kVectors; ++j) {
+      _mm512_mask_storeu_ps(out + r * ld + 16 * j, j + 1 == kVectors ? last : 0xFFFF, acc[r][j]);
+    }
+  }
+}
+
+using PairTileFn = void (*)(const Bf16*, const int64_t*, const int64_t*, const Bf16*, int64_t,
+                            int64_t, float*, int64_t, __mmask16);
+
+// Rows per tile: the accumulators (kRows x kVectors) fill 24 of the 32 registers.
+constexpr int PairTileRows(int vectors) { return vectors >= 2 ? 24 / vectors : 12; }
+
+template <int kVectors, int kRows = PairTileRows(kVectors)>
+PairTileFn PairTileFor(int64_t rows) {
+  if constexpr (kRows > 1) {
+    if (rows < kRows) return PairTileFor<kVectors, kRows - 1>(rows);
+  }
+  return PairTile<kRows, kVectors>;
+}
+
+PairTileFn PairTileFor(int64_t vectors, int64_t rows) {
+  switch (vectors) {
+    case 1: return PairTileFor<1>(rows);
+    case 2: return PairTileFor<2>(rows);
+    case 3: return PairTileFor<3>(rows);
+    default: return PairTileFor<4>(rows);
+  }
+}
+
+// Pixel pairs per run of tiles: their small vectors (4 cache lines a pair at 64 channels)
+// stay in L1 while every row tile reads them.
+constexpr int64_t kPairsPerRun = 64;
+
+// Every (tap, big channel) row and small channel block of the pairs [0, pairs), accumulated
+// into dfilter; row_offsets[row] is the row's value pair past a pair's origin.
+void PairRuns(const ConvGeometry& g, const PairBands& bands, const Bf16* big,
+              const int64_t* origins, const std::vector<int64_t>& row_offsets, const Bf16* small,
+              int64_t pairs, float* dfilter) {
+  const int64_t patch = g.patch_size();
+  for (int64_t k = 0; k < pairs; k += kPairsPerRun) {
+    const int64_t run = std::min(kPairsPerRun, pairs - k);
+    for (int64_t co = 0; co < g.small_c; co += 64) {
+      const BlockVectors vectors = VectorsFor(std::min<int64_t>(64, g.small_c - co));
+      const int64_t full_rows = PairTileRows(static_cast<int>(vectors.count));
+      const PairTileFn full = PairTileFor(vectors.count, full_rows);
+      for (int64_t row = 0; row < patch; row += full_rows) {
+        const int64_t rows = std::min(full_rows, patch - row);
+        (rows == full_rows ? full : PairTileFor(vectors.count, rows))(
+            big, origins + k, row_offsets.data() + row, small + k * bands.small_values + 2 * co,
+            bands.small_values, run, dfilter + row * g.small_c + co, g.small_c, vectors.last);
+      }
+    }
+  }
+}
+
+// dfilter += the filter gradient of images [first, end): chunks of whole images, or bands of
+// one image's small rows, each copied pair-interleaved.
+void DirectFilterGrad(const ConvGeometry& g, const Bf16* big, const Bf16* small, int64_t first,
+                      int64_t end, ConvScratch* scratch, float* dfilter) {
+  const PairBands bands = BandsFor(g);
+  const int64_t row_pairs = bands.paired_width / 2;
+  const int64_t images = std::max<int64_t>(1, kChunkPixels / (g.small_h * bands.paired_width));
+  const int64_t band = images > 1 ? g.small_h
+                                  : std::clamp<int64_t>(kChunkPixels / bands.paired_width, 1,
+                                                        g.small_h);
+  const int64_t band_values = ((band - 1) * g.stride_h + g.kernel_h) * bands.row_values;
+  scratch->padded.Reserve(images * band_values);
+  scratch->rows.Reserve(images * band * row_pairs * bands.small_values);
+  std::vector<int64_t> row_offsets;  // per patch row (tap, ci)
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      for (int64_t c = 0; c < g.big_c; ++c) {
+        row_offsets.push_back(kh * bands.row_values + (kw * g.big_c + c) * 2);
+      }
+    }
+  }
+  std::vector<int64_t>& origins = scratch->pixels.origins;
+  for (int64_t image = first; image < end; image += images) {
+    const int64_t count = std::min(images, end - image);
+    for (int64_t row = 0; row < g.small_h; row += band) {
+      const int64_t rows = std::min(band, g.small_h - row);
+      origins.clear();
+      Bf16* small_pairs = scratch->rows.data();
+      for (int64_t i = 0; i < count; ++i) {
+        FillBigPairs(g, bands, big + (image + i) * g.big_pixels() * g.big_c, row * g.stride_h,
+                     (row + rows - 1) * g.stride_h + g.kernel_h,
+                     scratch->padded.data() + i * band_values);
+        small_pairs = FillSmallPairs(g, bands, small + (image + i) * g.small_pixels() * g.small_c,
+                                     row, row + rows, small_pairs);
+        for (int64_t oh = 0; oh < rows; ++oh) {
+          for (int64_t m = 0; m < row_pairs; ++m) {
+            origins.push_back(i * band_values + oh * g.stride_h * bands.row_values +
+                              2 * m * g.stride_w * g.big_c * 2);
+          }
+        }
+      }
+      PairRuns(g, bands, scratch->padded.data(), origins.data(), row_offsets,
+               scratch->rows.data(), static_cast<int64_t>(origins.size()), dfilter);
+    }
+  }
+}
+
 }  // namespace
 
 bool DirectConvApplies(const ConvGeometry& g) { return g.big_c % 2 == 0; }
@@ -303,6 +516,11 @@ void DirectConvTransposeImages(const ConvGeometry& g, const Bf16* small,
                                const PairPacked& filter, int64_t first, int64_t end,
                                ConvScratch* scratch, Bf16* big, TileMoments* moments) {
   DirectConvTranspose(g, small, filter, first, end, scratch, big, moments);
+}
+
+void FilterGradImages(const ConvGeometry& g, const Bf16* big, const Bf16* small, int64_t first,
+                      int64_t end, ConvScratch* scratch, float* dfilter) {
+  DirectFilterGrad(g, big, small, first, end, scratch, dfilter);
 }
 
 TileMoments::TileMoments(int64_t channels, double* sum, double* sum_sq)

@@ -211,18 +211,18 @@ void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_
   }
 }
 
-// dx and this block's dfilter^T for images [first, end), from dz computed here into the
+// dx and this block's dfilter for images [first, end), from dz computed here into the
 // images' rows of `dz` (whole-batch layout).
 void BackwardBlock(const ConvGeometry& g, const Preactivation& pre, const Bf16* x,
                    const Filters& dx_filters, int64_t first, int64_t end, Bf16* dz, Bf16* dx,
-                   float* dfilter_t) {
+                   float* dfilter) {
   const int64_t channels = g.z_channels();
   const int64_t z_rows = (end - first) * g.z_pixels();
   ConvScratch scratch;
   ComputeDz(pre, first * g.z_pixels(), z_rows, channels, dz + first * g.z_pixels() * channels);
   // Transposed, z is the conv's big image; else x is.
   FilterGradImages(g, g.transpose ? dz : x, g.transpose ? x : dz, first, end, &scratch,
-                   dfilter_t);
+                   dfilter);
   if (dx == nullptr) return;
   // The direct kernels round dx to bf16 as they store it.
   if (g.transpose && DirectConvApplies(g)) {
@@ -277,19 +277,14 @@ std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* d
   Filters dx_filters;
   if (dx != nullptr && g.transpose) PackFilter(g, kernel, &dx_filters.as_is);
   if (dx != nullptr && !g.transpose) PackFilterTransposed(g, kernel, &dx_filters.transposed);
-  const int64_t patch = g.patch_size();
-  const int64_t kernel_size = patch * g.small_c;
+  const int64_t kernel_size = g.patch_size() * g.small_c;
   std::vector<float> partials(blocks.count() * kernel_size, 0.0f);
   Bf16* dz = workspace.dz;  // every task writes its images' dz
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     BackwardBlock(g, pre, x, dx_filters, blocks.begin(b), blocks.end(b), dz, dx,
                   partials.data() + b * kernel_size);
   });
-  std::vector<float> dfilter_t(kernel_size);
-  SumPartials(partials, blocks.count(), kernel_size, dfilter_t.data());
-  for (int64_t k = 0; k < patch; ++k) {
-    for (int64_t c = 0; c < g.small_c; ++c) dkernel[k * g.small_c + c] = dfilter_t[c * patch + k];
-  }
+  SumPartials(partials, blocks.count(), kernel_size, dkernel);
   return "";
 }
 
@@ -318,19 +313,14 @@ void ConvTranspose(const ConvGeometry& g, const Runtime& runtime, const Bf16* sm
 void FilterGrad(const ConvGeometry& g, const Runtime& runtime, const Bf16* big,
                 const Bf16* small, float* dfilter) {
   const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
-  const int64_t patch = g.patch_size();
-  const int64_t size = patch * g.small_c;
+  const int64_t size = g.patch_size() * g.small_c;
   std::vector<float> partials(blocks.count() * size, 0.0f);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
     ConvScratch scratch;
     FilterGradImages(g, big, small, blocks.begin(b), blocks.end(b), &scratch,
                      partials.data() + b * size);
   });
-  std::vector<float> dfilter_t(size);
-  SumPartials(partials, blocks.count(), size, dfilter_t.data());
-  for (int64_t k = 0; k < patch; ++k) {
-    for (int64_t c = 0; c < g.small_c; ++c) dfilter[k * g.small_c + c] = dfilter_t[c * patch + k];
-  }
+  SumPartials(partials, blocks.count(), size, dfilter);
 }
 
 }  // namespace
