@@ -17,6 +17,9 @@ batch norm in float32, as Keras computes its layers under that policy. Elsewhere
 precision ("mixed_float16", or a CPU without the bf16 kernels) ``impl="auto"``/``"tf"`` runs
 the convolution in the compute dtype and the batch norm in float32, as Keras does, and
 ``impl="native"`` casts to float32 and runs the float32 native op.
+
+``FusedConv2DTranspose`` is Keras' ``Conv2DTranspose`` for a model's output layer (padding
+"same", sigmoid or linear) on the output op, ``pyae.ops.conv_transpose_output``.
 """
 import keras
 import tensorflow as tf
@@ -365,11 +368,171 @@ class FusedConvTransposeBNLeakyReLU(_FusedConvBNLeakyReLUBase):
         return {**super().get_config(), "output_padding": None}
 
 
+def _check_output_padding(output_padding):
+    if output_padding is not None:
+        raise ValueError(
+            f"output_padding must be None (the output size follows from padding 'same' and "
+            f"strides). Received: output_padding={output_padding!r}")
+
+
+def _output_activation(activation):
+    """``(keras activation, op activation name)`` of a sigmoid or linear activation."""
+    function = keras.activations.get(activation)
+    for name in pyae_ops.OUTPUT_ACTIVATIONS:
+        if function is keras.activations.get(name):
+            return function, name
+    raise ValueError(
+        f"activation must be one of {pyae_ops.OUTPUT_ACTIVATIONS} or None (what the output op "
+        f"computes). Received: activation={activation!r}")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FusedConv2DTranspose(keras.layers.Layer):
+    """``keras.layers.Conv2DTranspose`` on pyae's output op (``pyae.ops.conv_transpose_output``):
+    ``activation(conv2d_transpose(x, kernel) + bias)`` in one pass.
+
+    The arguments, weights (``kernel`` ``(kh, kw, filters, in)``, ``bias`` ``(filters,)``) and
+    initializers are Conv2DTranspose's, so weights copy 1:1 either way, restricted to what
+    the op computes: ``padding="same"`` (the default here; Keras' is "valid"),
+    ``activation`` "sigmoid", "linear" or None, ``channels_last``, ``dilation_rate=1``,
+    ``output_padding=None``. ``impl`` ("auto", "native", "tf") picks the implementation;
+    ``pyae.ops.explain_output_impl`` says what "auto" runs and why (the native op is built for
+    a few output channels, an image's) and ``layer.last_impl`` what ran. Under an XLA-compiled
+    step "auto" runs TF's ops. Under mixed precision the variables are float32 and the output
+    is in the compute dtype, as Keras' layer gives it; a compute dtype the native op lacks
+    (float16) runs it in float32 when ``impl="native"``.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="same",
+        output_padding=None,
+        data_format=None,
+        dilation_rate=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        impl="auto",
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.filters = _check_filters(filters)
+        self.kernel_size = geometry.normalize_pair(kernel_size, "kernel_size")
+        self.strides = geometry.normalize_pair(strides, "strides")
+        if str(padding).lower() != "same":
+            raise ValueError(
+                f"padding must be 'same' (the only padding the output op computes). "
+                f"Received: padding={padding!r}")
+        self.padding = "same"
+        _check_output_padding(output_padding)
+        self.output_padding = None
+        self.data_format = _check_data_format(data_format)
+        self.dilation_rate = _check_dilation(dilation_rate)
+        self.activation, self._op_activation = _output_activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.impl = _check_impl(impl)
+        # Keras' fit() compiles with XLA when every layer supports it; a custom op cannot.
+        self.supports_jit = impl != "native"
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+        self.last_impl = None
+        self.kernel = self.bias = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(f"{self.name}: expected a rank-4 NHWC input with a known channel "
+                             f"axis. Received: input_shape={input_shape}")
+        in_channels = input_shape[-1]
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: in_channels})
+        # autocast=False: the op takes the float32 variables under mixed precision and
+        # returns their gradients in float32.
+        self.kernel = self.add_weight(
+            name="kernel", shape=self.kernel_size + (self.filters, in_channels),
+            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint, trainable=True, autocast=False,
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(self.filters,), initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer, constraint=self.bias_constraint,
+                trainable=True, autocast=False,
+            )
+
+    def call(self, inputs):
+        impl, dtype = self._resolve_impl()
+        kernel, bias = self.kernel, self.bias
+        if dtype != self.compute_dtype:  # float16 on the float32 native op
+            kernel = tf.cast(tf.cast(kernel, self.compute_dtype), dtype)
+            bias = None if bias is None else tf.cast(tf.cast(bias, self.compute_dtype), dtype)
+        y = pyae_ops.conv_transpose_output(
+            tf.cast(inputs, dtype), kernel, bias, strides=self.strides,
+            activation=self._op_activation, impl=impl)
+        self.last_impl = impl
+        return tf.cast(y, self.compute_dtype)
+
+    def _resolve_impl(self):
+        """("native" or "tf", the dtype the op computes in): the op's own rule
+        (``explain_output_impl``); "native" under float16 computes in float32."""
+        dtype = self.compute_dtype
+        if self.impl == "native" and dtype not in ("float32", "bfloat16"):
+            dtype = "float32"
+        return pyae_ops.explain_output_impl(self.impl, dtype, self.filters)[0], dtype
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{self.name}: expected a rank-4 NHWC input. "
+                             f"Received: input_shape={input_shape}")
+        height, width = (
+            geometry.conv_transpose_output_length(
+                input_shape[axis + 1], self.kernel_size[axis], self.strides[axis], "same")
+            for axis in (0, 1))
+        return (input_shape[0], height, width, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "output_padding": self.output_padding,
+            "data_format": self.data_format,
+            "dilation_rate": self.dilation_rate,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "impl": self.impl,
+        })
+        return config
+
+
 __all__ = [
     "FuseReport",
     "FusedChain",
+    "FusedConv2DTranspose",
     "FusedConvBNLeakyReLU",
     "FusedConvTransposeBNLeakyReLU",
+    "ReplacedLayer",
     "fuse_model",
 ]
 
@@ -377,7 +540,7 @@ __all__ = [
 def __getattr__(name):
     # fuse_model lives in pyae.fusion (which imports this module): resolve its names on
     # first use so that ``from pyae.layers import fuse_model`` keeps working, without a cycle.
-    if name in ("FuseReport", "FusedChain", "fuse_model"):
+    if name in ("FuseReport", "FusedChain", "ReplacedLayer", "fuse_model"):
         from pyae import fusion
 
         return getattr(fusion, name)

@@ -532,3 +532,258 @@ def test_wrong_input_rank_is_a_value_error(shape, rng):
 def test_input_too_small_for_valid_padding_is_a_value_error(rng):
     with pytest.raises(ValueError, match="too small"):
         FusedConvBNLeakyReLU(2, 5, padding="valid")(keras.Input((3, 3, 1)))
+
+
+# ---------------------------------------------------------------------------- FusedConv2DTranspose
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputCase:
+    """An output layer: input shape (NHWC), filters, kernel size, strides, activation, bias."""
+
+    input_shape: tuple
+    filters: int
+    kernel_size: int = 3
+    strides: int = 1
+    activation: str = "sigmoid"
+    use_bias: bool = True
+
+    def __str__(self):
+        shape = "x".join(map(str, self.input_shape))
+        bias = "" if self.use_bias else "-nobias"
+        return (f"out-{shape}-f{self.filters}-k{self.kernel_size}-s{self.strides}-"
+                f"{self.activation}{bias}")
+
+
+OUTPUT_CASES = [
+    OutputCase((2, 14, 14, 8), 1),  # Fashion-MNIST's output layer, fewer input channels
+    OutputCase((2, 8, 8, 8), 3, strides=2),  # Cartoon's
+    OutputCase((1, 5, 7, 3), 2, kernel_size=5, strides=2, activation="linear"),
+    OutputCase((3, 6, 5, 4), 4, kernel_size=1, use_bias=False),
+]
+
+
+def output_layer_pair(case, rng, dtype=None, **kwargs):
+    """(keras Conv2DTranspose, FusedConv2DTranspose), built, the same random weights."""
+    arguments = dict(strides=case.strides, padding="same", activation=case.activation,
+                     use_bias=case.use_bias, dtype=dtype)
+    stock = keras.layers.Conv2DTranspose(case.filters, case.kernel_size, **arguments)
+    fused = pyae.layers.FusedConv2DTranspose(case.filters, case.kernel_size, **arguments,
+                                             **kwargs)
+    stock.build(case.input_shape)
+    fused.build(case.input_shape)
+    if case.use_bias:
+        stock.bias.assign(random_normal(rng, stock.bias.shape, 0.5))
+    fused.set_weights(stock.get_weights())
+    return stock, fused
+
+
+def output_layer_variables(layer):
+    return [layer.kernel] + ([layer.bias] if layer.use_bias else [])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("case", OUTPUT_CASES, ids=str)
+def test_conv2d_transpose_matches_keras_forward_and_gradients(case, training,
+                                                                 impl_on_every_path, rng):
+    stock, fused = output_layer_pair(case, rng, impl=impl_on_every_path)
+    x = tf.constant(random_normal(rng, case.input_shape))
+    upstream = tf.constant(random_normal(rng, stock.compute_output_shape(case.input_shape)))
+    y_ref, grads_ref = output_and_gradients(lambda t: stock(t, training=training),
+                                            output_layer_variables(stock), x, upstream)
+    y, grads = output_and_gradients(lambda t: fused(t, training=training),
+                                    output_layer_variables(fused), x, upstream)
+    assert fused.last_impl == impl_on_every_path
+    assert y.shape == y_ref.shape and y.dtype == "float32"
+    for ours, theirs in zip([y] + grads, [y_ref] + grads_ref):
+        assert_close(ours, theirs)
+
+
+def test_conv2d_transpose_weights_are_keras_own():
+    stock = keras.layers.Conv2DTranspose(3, (3, 5), strides=2, padding="same")
+    fused = pyae.layers.FusedConv2DTranspose(3, (3, 5), strides=2)
+    stock.build((None, 4, 4, 6))
+    fused.build((None, 4, 4, 6))
+    assert [(w.path.split("/")[-1], tuple(w.shape)) for w in fused.weights] == \
+        [(w.path.split("/")[-1], tuple(w.shape)) for w in stock.weights] == \
+        [("kernel", (3, 5, 3, 6)), ("bias", (3,))]
+    for name in ("kernel_initializer", "bias_initializer"):
+        assert type(getattr(fused, name)) is type(getattr(stock, name))
+    stock.set_weights(fused.get_weights())  # and back: the same layout either way
+
+
+def test_conv2d_transpose_auto_follows_the_output_ops_rule(rng):
+    for filters in (1, 3, pyae.ops.MAX_AUTO_OUT_CHANNELS + 1):
+        layer = pyae.layers.FusedConv2DTranspose(filters, 3, activation="sigmoid")
+        layer(random_normal(rng, (1, 4, 4, 2)))
+        choice, reason = pyae.ops.explain_output_impl("auto", "float32", filters)
+        assert layer.last_impl == choice and reason
+
+
+def test_conv2d_transpose_in_a_jit_compiled_train_step_runs_the_composite(rng):
+    case = OUTPUT_CASES[1]
+    stock, fused = output_layer_pair(case, rng)
+    images = tf.constant(random_normal(rng, case.input_shape))
+    target = tf.constant(rng.random(stock.compute_output_shape(case.input_shape)),
+                         dtype=tf.float32)
+
+    def train_step_for(layer, **compile_options):
+        optimizer = keras.optimizers.SGD(0.1)
+        variables = output_layer_variables(layer)
+
+        @tf.function(**compile_options)
+        def train_step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(layer(x, training=True) - target))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        return train_step
+
+    loss = train_step_for(fused, jit_compile=True)(images)
+    assert fused.last_impl == "tf"
+    assert_close(loss, train_step_for(stock)(images))
+    for ours, theirs in zip(output_layer_variables(fused), output_layer_variables(stock)):
+        assert_close(ours, theirs)
+
+
+def test_conv2d_transpose_native_under_jit_compile_is_a_clear_error(rng):
+    layer = pyae.layers.FusedConv2DTranspose(1, 3, impl="native")
+    assert layer.supports_jit is False
+
+    @tf.function(jit_compile=True)
+    def compiled(x):
+        return layer(x)
+
+    with pytest.raises(ValueError, match="native"):
+        compiled(tf.constant(random_normal(rng, (1, 4, 4, 2))))
+
+
+def test_conv2d_transpose_fit_with_xla_trains(rng):
+    model = keras.Sequential([keras.Input((6, 6, 4)), pyae.layers.FusedConv2DTranspose(
+        1, 3, strides=2, activation="sigmoid")])
+    model.compile(keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
+    before = [w.numpy().copy() for w in model.weights]
+    model.fit(random_normal(rng, (8, 6, 6, 4)), rng.random((8, 12, 12, 1)), batch_size=4,
+              epochs=1, verbose=0)
+    assert model.layers[-1].last_impl == "tf"
+    assert all(not np.allclose(b, w) for b, w in zip(before, model.weights))
+
+
+def bf16_output_reference(stock, x, upstream):
+    """y and the gradients (x, kernel, bias) in float64 from what a bf16 layer computes with:
+    x, the kernel and the upstream gradient rounded to bf16, the bias as it is."""
+    as_bf16 = lambda t: tf.cast(tf.cast(t, tf.bfloat16), tf.float64)  # noqa: E731
+    exact = keras.layers.Conv2DTranspose.from_config({**stock.get_config(), "dtype": "float64"})
+    exact.build(x.shape)
+    exact.set_weights([w.astype("float64") for w in stock.get_weights()])
+    exact.kernel.assign(as_bf16(exact.kernel))
+    y, grads = output_and_gradients(exact, output_layer_variables(exact), as_bf16(x),
+                                    as_bf16(upstream))
+    return y.numpy(), [grad.numpy() for grad in grads]
+
+
+# bf16 bounds as tests/test_bf16.py derives them: against a float64 reference of the same
+# bf16-rounded inputs, each output is at most as far off as Keras' own layer under the policy
+# (which rounds the conv's output, the bias sum and the sigmoid to bf16), give or take one
+# bf16 rounding (unit roundoff 2^-8) of the output's scale.
+@pytest.mark.parametrize("case", OUTPUT_CASES[:3], ids=str)
+@pytest.mark.parametrize("dtype_policy", ["mixed_bfloat16"], indirect=True)
+def test_conv2d_transpose_mixed_bfloat16_at_least_as_accurate_as_keras(
+        dtype_policy, bf16_path, case, rng):
+    stock, fused = output_layer_pair(case, rng)
+    x = tf.constant(random_normal(rng, case.input_shape))
+    upstream = tf.constant(random_normal(rng, stock.compute_output_shape(case.input_shape)))
+    y_exact, grads_exact = bf16_output_reference(stock, x, upstream)
+    as_float32 = lambda layer: lambda t: tf.cast(layer(t), tf.float32)  # noqa: E731
+    y_ref, grads_ref = output_and_gradients(as_float32(stock), output_layer_variables(stock),
+                                            x, upstream)
+    y, grads = output_and_gradients(as_float32(fused), output_layer_variables(fused), x,
+                                    upstream)
+    assert fused(x).dtype == "bfloat16"
+    assert fused.last_impl == pyae.ops.explain_output_impl("auto", "bfloat16", case.filters)[0]
+    assert all(weight.dtype == "float32" for weight in fused.weights)
+    assert [g.dtype for g in grads[1:]] == [g.dtype for g in grads_ref[1:]] == ["float32"] * 2
+    for name, ours, keras_value, exact in zip(("y", "dx", "dkernel", "dbias"), [y] + grads,
+                                              [y_ref] + grads_ref, [y_exact] + grads_exact):
+        slack = BF16_UNIT_ROUNDOFF * np.max(np.abs(exact))
+        assert max_error(ours, exact) <= max_error(keras_value, exact) + slack, name
+
+
+@pytest.mark.parametrize("dtype_policy", ["mixed_float16"], indirect=True)
+def test_conv2d_transpose_mixed_float16_matches_keras(dtype_policy, impl, rng):
+    case = OUTPUT_CASES[1]
+    stock, fused = output_layer_pair(case, rng, impl=impl)
+    x = random_normal(rng, case.input_shape)
+    y = fused(x)
+    assert y.dtype == "float16" and fused.kernel.dtype == "float32"
+    assert fused.last_impl == impl
+    assert_close(y, stock(x), tol=2e-2)
+
+
+CONV2D_TRANSPOSE_CONFIG = dict(
+    strides=(2, 1), activation="linear", use_bias=False, kernel_initializer="he_normal",
+    bias_initializer="ones", kernel_regularizer="l2", bias_regularizer="l1",
+    activity_regularizer="l2", kernel_constraint="non_neg", impl="tf", name="out",
+    trainable=False,
+)
+
+
+def test_conv2d_transpose_get_config_round_trip():
+    layer = pyae.layers.FusedConv2DTranspose(3, (5, 3), **CONV2D_TRANSPOSE_CONFIG)
+    config = layer.get_config()
+    assert pyae.layers.FusedConv2DTranspose.from_config(config).get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == config
+    stock_config = keras.layers.Conv2DTranspose(3, 3, padding="same").get_config()
+    assert set(config) == set(stock_config) | {"impl"}
+
+
+def test_conv2d_transpose_keras_file_round_trip(impl, rng, tmp_path):
+    model = keras.Sequential([
+        keras.Input((5, 5, 4)),
+        pyae.layers.FusedConv2DTranspose(3, 3, strides=2, activation="sigmoid", impl=impl),
+    ])
+    model.layers[-1].bias.assign(random_normal(rng, (3,)))
+    path = tmp_path / "output_layer.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded.layers[-1]) is pyae.layers.FusedConv2DTranspose
+    assert loaded.layers[-1].impl == impl
+    images = random_normal(rng, (2, 5, 5, 4))
+    assert_close(loaded(images), model(images), tol=1e-6)
+
+
+def test_conv2d_transpose_regularizers_add_losses(rng):
+    layer = pyae.layers.FusedConv2DTranspose(2, 3, kernel_regularizer="l2",
+                                             bias_regularizer="l1", activity_regularizer="l2")
+    layer(random_normal(rng, (1, 4, 4, 2)))
+    assert len(layer.losses) == 3
+
+
+CONV2D_TRANSPOSE_BAD_ARGUMENTS = [
+    ({"padding": "valid"}, "Received: padding='valid'"),
+    ({"activation": "relu"}, "Received: activation='relu'"),
+    ({"output_padding": 1}, "Received: output_padding=1"),
+    ({"data_format": "channels_first"}, "channels_first"),
+    ({"dilation_rate": 2}, "dilation_rate=2"),
+    ({"impl": "cuda"}, "impl='cuda'"),
+    ({"filters": 0}, "filters=0"),
+    ({"kernel_size": (3, 3, 3)}, r"\(3, 3, 3\)"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", CONV2D_TRANSPOSE_BAD_ARGUMENTS,
+                         ids=[str(kw) for kw, _ in CONV2D_TRANSPOSE_BAD_ARGUMENTS])
+def test_conv2d_transpose_bad_arguments_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pyae.layers.FusedConv2DTranspose(**{"filters": 1, "kernel_size": 3, **kwargs})
+
+
+def test_conv2d_transpose_input_of_the_wrong_shape_is_a_value_error(rng):
+    with pytest.raises(ValueError, match="ndim|rank"):
+        pyae.layers.FusedConv2DTranspose(1, 3)(random_normal(rng, (2, 4, 4)))
+    layer = pyae.layers.FusedConv2DTranspose(1, 3)
+    layer(random_normal(rng, (1, 4, 4, 2)))
+    with pytest.raises(ValueError, match="axis -1|expected axis"):
+        layer(random_normal(rng, (1, 4, 4, 3)))
