@@ -3,16 +3,20 @@ LeakyReLU chains replaced by the fused layers of :mod:`pyae.layers`, weights car
 
 It reads the model's graph (Sequential or functional, nested models recursively), decides
 per convolution whether the chain can be fused (and says why not in a :class:`FuseReport`),
-and rebuilds the model with fused layers and copies of every other layer. Also importable
-from ``pyae.layers`` as before.
+and rebuilds the model with fused layers and copies of every other layer. A Conv2DTranspose
+heading no chain that the output op computes (padding "same", sigmoid or linear, an image's
+few channels: the tutorial models' output layer) becomes a ``FusedConv2DTranspose``. Also
+importable from ``pyae.layers`` as before.
 """
 import dataclasses
 
 import keras
 
-from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU, _check_impl
+from pyae import ops as pyae_ops
+from pyae.layers import (FusedConv2DTranspose, FusedConvBNLeakyReLU,
+                         FusedConvTransposeBNLeakyReLU, _check_impl)
 
-__all__ = ["FuseReport", "FusedChain", "fuse_model"]
+__all__ = ["FuseReport", "FusedChain", "ReplacedLayer", "fuse_model"]
 
 
 @dataclasses.dataclass
@@ -33,18 +37,33 @@ class FusedChain:
 
 
 @dataclasses.dataclass
+class ReplacedLayer:
+    """One Conv2DTranspose replaced on its own by a ``FusedConv2DTranspose``."""
+
+    layer: str
+    fused: str
+    fused_class: str
+
+    def __str__(self):
+        return f"{self.layer} -> {self.fused} ({self.fused_class})"
+
+
+@dataclasses.dataclass
 class FuseReport:
     """What ``fuse_model`` fused, and each convolution it left alone with the reason."""
 
     model: str
-    fused: list = dataclasses.field(default_factory=list)
+    fused: list = dataclasses.field(default_factory=list)  # FusedChain
     not_fused: dict = dataclasses.field(default_factory=dict)  # conv name -> reason
+    replaced: list = dataclasses.field(default_factory=list)  # ReplacedLayer
     # names inside nested models read "submodel/layer"
 
     def __str__(self):
-        lines = [f"fuse_model({self.model!r}): fused {len(self.fused)} chain(s), "
-                 f"left {len(self.not_fused)} convolution(s) unfused"]
+        lines = [f"fuse_model({self.model!r}): fused {len(self.fused)} chain(s), replaced "
+                 f"{len(self.replaced)} layer(s), left {len(self.not_fused)} convolution(s) "
+                 "unfused"]
         lines += [f"  fused     {chain}" for chain in self.fused]
+        lines += [f"  replaced  {layer}" for layer in self.replaced]
         lines += [f"  not fused {name}: {why}" for name, why in self.not_fused.items()]
         return "\n".join(lines)
 
@@ -59,6 +78,10 @@ class FuseReport:
             ))
         for name, reason in nested.not_fused.items():
             self.not_fused[f"{nested.model}/{name}"] = reason
+        for layer in nested.replaced:
+            self.replaced.append(dataclasses.replace(
+                layer, layer=f"{nested.model}/{layer.layer}",
+                fused=f"{nested.model}/{layer.fused}"))
 
 
 _CONV_CLASSES = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
@@ -70,6 +93,12 @@ def _conv_reasons(conv):
     activation = keras.activations.serialize(conv.activation)
     if activation not in (None, "linear"):
         reasons.append(f"activation={activation!r}")
+    return reasons + _layout_reasons(conv)
+
+
+def _layout_reasons(conv):
+    """What a convolution has that no fused layer computes."""
+    reasons = []
     if conv.data_format != "channels_last":
         reasons.append(f"data_format={conv.data_format!r}")
     if tuple(conv.dilation_rate) != (1, 1):
@@ -163,16 +192,51 @@ def _chain_record(fused, conv, batch_norm, activation):
                       type(fused).__name__, bool(conv.use_bias))
 
 
+def _output_layer_reasons(conv):
+    """Why a Conv2DTranspose heading no chain cannot become a ``FusedConv2DTranspose``."""
+    reasons = []
+    if conv.padding != "same":
+        reasons.append(f"padding={conv.padding!r}")
+    activation = keras.activations.serialize(conv.activation)
+    if activation not in (None,) + pyae_ops.OUTPUT_ACTIVATIONS:
+        reasons.append(f"activation={activation!r}")
+    if conv.filters > pyae_ops.MAX_AUTO_OUT_CHANNELS:
+        reasons.append(f"filters={conv.filters}, more than the "
+                       f"{pyae_ops.MAX_AUTO_OUT_CHANNELS} output channels the output op is "
+                       "built for")
+    return reasons + _layout_reasons(conv)
+
+
+def _fused_output_layer(conv, report, impl):
+    """A ``FusedConv2DTranspose`` configured like ``conv`` (recorded in ``report``), or None
+    (the reason added to the conv's entry in ``report.not_fused``)."""
+    reasons = _output_layer_reasons(conv)
+    if reasons:
+        report.not_fused[conv.name] += ("; not a FusedConv2DTranspose either: "
+                                        + ", ".join(reasons))
+        return None
+    config = {**conv.get_config(), "name": f"{conv.name}_fused", "impl": impl}
+    fused = FusedConv2DTranspose.from_config(config)
+    del report.not_fused[conv.name]
+    report.replaced.append(ReplacedLayer(conv.name, fused.name, type(fused).__name__))
+    return fused
+
+
 def _is_model(layer):
     return isinstance(layer, keras.Model)
 
 
 def _clone_layer(layer, report, impl):
-    """A copy of a non-fused layer (weights copied after it is built); models are fused."""
+    """A copy of a non-fused layer (weights copied after it is built); models are fused, and
+    a lone Conv2DTranspose the output op computes becomes a ``FusedConv2DTranspose``."""
     if _is_model(layer):
         fused_submodel, sub_report = fuse_model(layer, impl=impl)
         report.merge(sub_report)
         return fused_submodel
+    if type(layer) is keras.layers.Conv2DTranspose:  # pylint: disable=unidiomatic-typecheck
+        fused = _fused_output_layer(layer, report, impl)
+        if fused is not None:
+            return fused
     if not isinstance(layer, keras.layers.Layer):
         return layer  # a stateless keras op (e.g. keras.ops.reshape) in a functional graph
     return type(layer).from_config(layer.get_config())
@@ -370,7 +434,8 @@ def _check_fusable_model(model):
 
 
 def fuse_model(model, impl="auto"):
-    """Replace every Conv2D/Conv2DTranspose -> BatchNormalization -> LeakyReLU chain.
+    """Replace every Conv2D/Conv2DTranspose -> BatchNormalization -> LeakyReLU chain, and
+    a lone output Conv2DTranspose.
 
     Returns ``(fused_model, report)``. The fused model is a new functional or Sequential
     model (the original is untouched): each fusable chain becomes a
@@ -381,8 +446,12 @@ def fuse_model(model, impl="auto"):
     A chain is the conv (activation None/linear, channels_last, no dilation, groups 1),
     a BatchNormalization (axis -1, no renorm) using the conv's output alone, and a
     LeakyReLU using the BN's output alone. In inference the outputs equal the original's
-    within float32 tolerance. ``report`` (a ``FuseReport``) lists the fused chains and,
-    for every convolution left alone, why.
+    within float32 tolerance. A Conv2DTranspose that heads no chain becomes a
+    ``FusedConv2DTranspose`` (same weights) where the output op computes it: padding "same",
+    activation sigmoid/linear/None, at most ``pyae.ops.MAX_AUTO_OUT_CHANNELS`` filters (an
+    image's channels, as the tutorial models' output layer), channels_last, no dilation or
+    output_padding. ``report`` (a ``FuseReport``) lists the fused chains, the replaced layers
+    and, for every convolution left alone, why.
     """
     _check_fusable_model(model)
     _check_impl(impl)

@@ -2,8 +2,10 @@
 
 Each encoder block ``conv_i`` is one ``FusedConvBNLeakyReLU`` (the tutorial's
 ``conv_i``/``bn_i``/``lrelu_i`` triple); each decoder block ``conv_transpose_i`` is one
-``FusedConvTransposeBNLeakyReLU``. ``unfused=True`` builds the tutorial's own Keras stack
-instead, which is the reference the fused model is measured and tested against.
+``FusedConvTransposeBNLeakyReLU``; the decoder's sigmoid output layer is a
+``FusedConv2DTranspose`` (the same name, ``conv_transpose_{n}``, and weights as the tutorial's
+Conv2DTranspose). ``unfused=True`` builds the tutorial's own Keras stack instead, which is the
+reference the fused model is measured and tested against.
 
 The decoder mirrors the encoder: its blocks take the encoder's filters in reverse order
 without the first (whose mirror is the output layer) and its strides in reverse order, the
@@ -18,7 +20,8 @@ from keras.src.losses import loss as loss_module
 
 from pyae import data as data_lib
 from pyae import objectives as objectives_lib
-from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
+from pyae.layers import (FusedConv2DTranspose, FusedConvBNLeakyReLU,
+                         FusedConvTransposeBNLeakyReLU)
 from pyae.ops import geometry
 
 PRESETS = {
@@ -83,7 +86,8 @@ def encoder_output_grid(input_shape, strides, last_filters):
 
 def build_decoder(latent_dim, grid_shape, filters, strides, output_channels, output_stride, *,
                   kernel_size=3, impl="auto", unfused=False, conv_bias=True, name="Decoder"):
-    """Dense(prod(grid)), Reshape(grid), conv-transpose blocks, sigmoid Conv2DTranspose."""
+    """Dense(prod(grid)), Reshape(grid), conv-transpose blocks, a sigmoid conv transpose
+    (``FusedConv2DTranspose``; Keras' ``Conv2DTranspose`` when ``unfused``)."""
     _check_blocks(filters, strides, "decoder")
     inputs = keras.Input(shape=(latent_dim,), name="input_layer")
     x = keras.layers.Dense(math.prod(grid_shape), name="dense_1")(inputs)
@@ -91,9 +95,16 @@ def build_decoder(latent_dim, grid_shape, filters, strides, output_channels, out
     for index, (block_filters, stride) in enumerate(zip(filters, strides), start=1):
         x = _conv_block(x, index, block_filters, kernel_size, stride, True, impl, unfused,
                         conv_bias)
-    outputs = keras.layers.Conv2DTranspose(
-        output_channels, kernel_size, output_stride, padding="same", activation="sigmoid",
-        name=f"conv_transpose_{len(filters) + 1}")(x)
+    output_name = f"conv_transpose_{len(filters) + 1}"
+    if unfused:
+        output_layer = keras.layers.Conv2DTranspose(
+            output_channels, kernel_size, output_stride, padding="same", activation="sigmoid",
+            name=output_name)
+    else:
+        output_layer = FusedConv2DTranspose(
+            output_channels, kernel_size, output_stride, padding="same", activation="sigmoid",
+            impl=impl, name=output_name)
+    outputs = output_layer(x)
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -305,7 +305,7 @@ def load_weights(model, run_dir):
     path = run_dir / WEIGHTS_FILE
     if path.is_file():
         try:
-            model.load_weights(path)
+            _load_weights_file(model, path)
             return path
         except Exception as err:  # h5py and Keras raise several unrelated types
             damage = f"{path}: damaged file ({type(err).__name__}: {_first_line(err)})"
@@ -315,6 +315,54 @@ def load_weights(model, run_dir):
             warnings.warn(damage + "; using the last complete epoch checkpoint instead",
                           stacklevel=2)
     return restore_last_epoch(model, run_dir)
+
+
+# A run trained before the decoder's output layer became a FusedConv2DTranspose holds that
+# layer as Keras' Conv2DTranspose, and a .weights.h5 file names each layer of a model by its
+# class (Keras' saving_lib: the snake-cased class name), so the group must be renamed for the
+# new class to find its kernel and bias (the epoch checkpoints name layers by position and
+# load as they are). The fused decoder has no other Conv2DTranspose.
+_STOCK_OUTPUT_GROUP = "decoder/layers/conv2d_transpose"
+_FUSED_OUTPUT_GROUP = "decoder/layers/fused_conv2d_transpose"
+
+
+def _load_weights_file(model, path):
+    """Keras' ``load_weights``; a file with the decoder's output layer stored as a
+    Conv2DTranspose that the model's fused one refuses is read with the group renamed (and
+    Keras' warnings about the refused file are dropped)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+            legacy = None
+        except ValueError:
+            legacy = _with_fused_output_group(path)
+            if legacy is None:
+                raise
+    if legacy is None:
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+        return
+    try:
+        model.load_weights(legacy)
+    finally:
+        legacy.unlink(missing_ok=True)
+
+
+def _with_fused_output_group(path):
+    """A temporary copy of the weights file ``path`` with its stock output-layer group
+    renamed to the FusedConv2DTranspose's, or None when it has no such group."""
+    import h5py  # pylint: disable=import-outside-toplevel
+
+    with h5py.File(path, "r") as weights:
+        if _STOCK_OUTPUT_GROUP not in weights or _FUSED_OUTPUT_GROUP in weights:
+            return None
+    copy = path.with_name(f".{path.stem}-{os.getpid()}.fused-output.weights.h5")
+    shutil.copyfile(path, copy)
+    with h5py.File(copy, "r+") as weights:
+        weights.move(_STOCK_OUTPUT_GROUP, _FUSED_OUTPUT_GROUP)
+    return copy
 
 
 def restore_last_epoch(model, run_dir):

@@ -315,6 +315,26 @@ def test_damaged_final_weights_fall_back_to_the_last_epoch(trained_run, tmp_path
     assert json.loads(out)["reconstruction"]["mse"] > 0
 
 
+def test_a_run_saved_with_a_stock_output_layer_loads_its_final_weights(trained_run, tmp_path,
+                                                                      capsys):
+    """Runs trained before the output layer became a FusedConv2DTranspose hold it as
+    Keras' Conv2DTranspose, which a .weights.h5 file names by class."""
+    import h5py
+    import numpy as np
+
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")
+    for epoch_dir in run_dir.glob("epoch-*"):  # no fallback: the final weights must load
+        shutil.rmtree(epoch_dir)
+    with h5py.File(run_dir / "model.weights.h5", "r+") as weights:
+        weights.move("decoder/layers/fused_conv2d_transpose", "decoder/layers/conv2d_transpose")
+        kernel = weights["decoder/layers/conv2d_transpose/vars/0"][()]
+    _, model, _ = runs.load_run(run_dir)
+    np.testing.assert_array_equal(model.decoder.layers[-1].kernel.numpy(), kernel)
+    assert not list(run_dir.glob(".*.h5"))
+    status, _, err = run_cli(capsys, "reconstruct", "--run", run_dir, "--quiet")
+    assert status == 0 and warning_lines(err) == [], err
+
+
 def test_damaged_final_weights_without_an_epoch_checkpoint(trained_run, tmp_path, capsys):
     run_dir = shutil.copytree(trained_run, tmp_path / "run")
     for epoch_dir in run_dir.glob("epoch-*"):

@@ -1,5 +1,5 @@
 """pyae.fusion.fuse_model (also importable from pyae.layers): Conv -> BN -> LeakyReLU chains
-become fused layers, outputs kept."""
+become fused layers, a lone output Conv2DTranspose a FusedConv2DTranspose, outputs kept."""
 import os
 import subprocess
 import sys
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from keras import layers
 
+import pyae.ops
 from pyae.layers import (
-    FuseReport, FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU, fuse_model,
+    FuseReport, FusedConv2DTranspose, FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU,
+    ReplacedLayer, fuse_model,
 )
 
 from _layer_fixtures import (  # noqa: F401  (fixtures are used by name; SEED seeds rng)
@@ -85,11 +87,14 @@ def test_tutorial_decoder(impl, rng):
     fused, report = fuse_model(decoder, impl=impl)
     assert_same_inference(decoder, fused, random_normal(rng, (4, 2)))
     assert fused_layer_names(fused) == [f"conv_transpose_{i}_fused" for i in range(1, 4)]
-    assert report.not_fused == {
-        "conv_transpose_4": "activation='sigmoid', no BatchNormalization follows"
-    }
-    assert "conv_transpose_4: activation='sigmoid', no BatchNormalization follows" in str(report)
-    assert isinstance(fused.get_layer("conv_transpose_4"), layers.Conv2DTranspose)
+    assert report.not_fused == {}
+    assert report.replaced == [ReplacedLayer("conv_transpose_4", "conv_transpose_4_fused",
+                                             "FusedConv2DTranspose")]
+    assert "replaced  conv_transpose_4 -> conv_transpose_4_fused (FusedConv2DTranspose)" \
+        in str(report)
+    output_layer = fused.get_layer("conv_transpose_4_fused")
+    assert isinstance(output_layer, FusedConv2DTranspose) and output_layer.impl == impl
+    assert output_layer.last_impl == impl
 
 
 def test_nested_autoencoder_is_fused_recursively(rng):
@@ -99,7 +104,9 @@ def test_nested_autoencoder_is_fused_recursively(rng):
     randomize_trained_state(autoencoder, rng)
     fused, report = fuse_model(autoencoder)
     assert_same_inference(autoencoder, fused, random_normal(rng, (2, 28, 28, 1)))
-    assert len(report.fused) == 7 and list(report.not_fused) == ["Decoder/conv_transpose_4"]
+    assert len(report.fused) == 7 and report.not_fused == {}
+    assert [(layer.layer, layer.fused) for layer in report.replaced] == \
+        [("Decoder/conv_transpose_4", "Decoder/conv_transpose_4_fused")]
     assert report.fused[0].conv == "Encoder/conv_1"
     assert [layer.name for layer in fused.layers[1:]] == ["Encoder", "Decoder"]
 
@@ -111,6 +118,11 @@ def test_fused_model_matches_in_training_mode_too(rng):
     fused, _ = fuse_model(encoder)
     images = random_normal(rng, (4, 28, 28, 1))
     assert_close(fused(images, training=True), encoder(images, training=True), tol=2e-4)
+    decoder = tutorial_decoder()
+    randomize_trained_state(decoder, rng)
+    fused, _ = fuse_model(decoder)
+    codes = random_normal(rng, (4, 2))
+    assert_close(fused(codes, training=True), decoder(codes, training=True), tol=2e-4)
 
 
 def test_original_model_is_untouched(rng):
@@ -151,6 +163,70 @@ def test_sequential_model(impl, rng):
     assert [chain.folded_bias for chain in report.fused] == [True, False]
     assert fused.get_layer("conv_fused").negative_slope == pytest.approx(0.1)
     assert_same_inference(model, fused, random_normal(rng, (3, 9, 7, 3)))
+
+
+# ---------------------------------------------------------------------------- output layers
+
+
+def test_sequential_output_layers_replaced_with_weights(impl, rng):
+    model = keras.Sequential([
+        keras.Input((5, 5, 6)),
+        layers.Conv2DTranspose(3, 3, strides=2, padding="same", activation="sigmoid",
+                               name="to_rgb"),
+        layers.Conv2DTranspose(1, 5, padding="same", use_bias=False, name="to_gray"),
+    ], name="seq")
+    randomize_trained_state(model, rng)
+    fused, report = fuse_model(model, impl=impl)
+    assert isinstance(fused, keras.Sequential)
+    assert [type(layer) for layer in fused.layers] == [FusedConv2DTranspose] * 2
+    assert [layer.layer for layer in report.replaced] == ["to_rgb", "to_gray"]
+    assert report.fused == [] and report.not_fused == {}
+    for original, replaced in zip(model.layers, fused.layers):
+        assert [w.shape for w in replaced.weights] == [w.shape for w in original.weights]
+        assert all(np.array_equal(a, b) for a, b in zip(replaced.get_weights(),
+                                                         original.get_weights()))
+    images = random_normal(rng, (2, 5, 5, 6))
+    assert_close(fused(images), model(images))
+
+
+def output_layer_with(**kwargs):
+    options = {"filters": 1, "kernel_size": 3, "padding": "same", "activation": "sigmoid",
+               **kwargs}
+    return layers.Conv2DTranspose(**options, name="out")
+
+
+NOT_REPLACED = [
+    ({"padding": "valid"}, "padding='valid'"),
+    ({"activation": "relu"}, "activation='relu'"),
+    ({"filters": pyae.ops.MAX_AUTO_OUT_CHANNELS + 1},
+     f"filters={pyae.ops.MAX_AUTO_OUT_CHANNELS + 1}, more than the "
+     f"{pyae.ops.MAX_AUTO_OUT_CHANNELS} output channels"),
+    ({"output_padding": 1, "strides": 2}, "output_padding=(1, 1)"),
+    ({"dilation_rate": 2}, "dilation_rate=(2, 2)"),
+]
+
+
+@pytest.mark.parametrize("kwargs, reason", NOT_REPLACED, ids=[str(kw) for kw, _ in NOT_REPLACED])
+def test_output_layer_the_op_does_not_compute_is_kept_and_explained(kwargs, reason, rng):
+    inputs = keras.Input((6, 6, 4))
+    model = keras.Model(inputs, output_layer_with(**kwargs)(inputs))
+    fused, report = fuse_model(model)
+    assert report.replaced == [] and type(fused.layers[-1]) is layers.Conv2DTranspose
+    assert "not a FusedConv2DTranspose either: " + reason in report.not_fused["out"]
+    x = random_normal(rng, (2, 6, 6, 4))
+    assert_close(fused(x), model(x), tol=1e-6)
+
+
+def test_shared_output_layer_is_replaced_once(rng):
+    inputs = [keras.Input((4, 4, 2)), keras.Input((4, 4, 2))]
+    shared = output_layer_with(strides=2)
+    model = keras.Model(inputs, [shared(inputs[0]), shared(inputs[1])])
+    fused, report = fuse_model(model)
+    assert [layer.layer for layer in report.replaced] == ["out"]
+    assert sum(isinstance(layer, FusedConv2DTranspose) for layer in fused.layers) == 1
+    x = [random_normal(rng, (2, 4, 4, 2)), random_normal(rng, (2, 4, 4, 2))]
+    for got, expected in zip(fused(x), model(x)):
+        assert_close(got, expected)
 
 
 # ---------------------------------------------------------------------------- what is not fused
@@ -222,7 +298,8 @@ def test_report_is_a_readable_dataclass(rng):
     assert isinstance(report, FuseReport)
     text = str(report)
     assert text.splitlines()[0] == (
-        "fuse_model('Decoder'): fused 3 chain(s), left 1 convolution(s) unfused")
+        "fuse_model('Decoder'): fused 3 chain(s), replaced 1 layer(s), left 0 convolution(s) "
+        "unfused")
     assert ("conv_transpose_1 + bn_1 + lrelu_1 -> conv_transpose_1_fused "
             "(FusedConvTransposeBNLeakyReLU)") in text
 
@@ -246,6 +323,7 @@ def test_fuse_model_lives_in_pyae_fusion_and_stays_importable_from_layers():
 
     assert layers.fuse_model is fusion.fuse_model
     assert layers.FuseReport is fusion.FuseReport and layers.FusedChain is fusion.FusedChain
+    assert layers.ReplacedLayer is fusion.ReplacedLayer
 
 
 def test_a_keras_file_with_fused_layers_loads_after_plain_import_pyae(tmp_path):

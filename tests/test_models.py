@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from pyae import models, objectives
-from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
+from pyae.layers import FusedConv2DTranspose, FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
 
 TINY = {"input_shape": (16, 16, 1), "latent_dim": 3, "filters": (4, 8), "strides": (2, 2)}
 
@@ -89,9 +89,18 @@ def test_fashion_mnist_layer_names_and_types():
     assert all(isinstance(model.decoder.get_layer(f"conv_transpose_{i}"),
                           FusedConvTransposeBNLeakyReLU) for i in range(1, 4))
     output_layer = model.decoder.get_layer("conv_transpose_4")
-    assert type(output_layer) is keras.layers.Conv2DTranspose
+    assert type(output_layer) is FusedConv2DTranspose
     assert output_layer.activation is keras.activations.sigmoid
+    assert (output_layer.padding, output_layer.strides) == ("same", (1, 1))
     assert model.latent_dim == 2
+
+
+@pytest.mark.parametrize("impl", ["tf", "auto"])
+def test_output_layer_takes_the_models_impl_and_unfused_is_keras_own(impl):
+    fused = models.build("fashion_mnist", impl=impl, **TINY)
+    assert fused.decoder.get_layer("conv_transpose_2").impl == impl
+    unfused = models.build("fashion_mnist", unfused=True, **TINY)
+    assert type(unfused.decoder.get_layer("conv_transpose_2")) is keras.layers.Conv2DTranspose
 
 
 def test_cartoon_defaults_and_options():
