@@ -4,7 +4,8 @@
                                [--feeds arrays array_dataset]
 
 The stock model is the tutorial's encoder and decoder (Keras Conv2D, BatchNormalization,
-LeakyReLU) joined into one ``keras.Model``; the fused one is ``fuse_model`` of it. Both are
+LeakyReLU, the sigmoid Conv2DTranspose) joined into one ``keras.Model``; the fused one is
+``fuse_model`` of it (its output layer a FusedConv2DTranspose). Both are
 compiled alike (``Adam(5e-4)``, the tutorial's per-image MSE, ``jit_compile="auto"``, which
 Keras resolves to False on a CPU, and the fused layers then run the native op) and trained
 with ``model.fit`` on the same images at the tutorial's batch, fed two ways: ``arrays``
@@ -161,7 +162,8 @@ def main(argv=None):
     print(f"command: `python bench/fit_report.py {' '.join(sys.argv[1:])}`  ")
     print(f"native op library: {'loaded' if ops.native_available() else 'not loaded'}; "
           f"jit_compile stock {stock.jit_compile}, fused {fused.jit_compile}; "
-          f"{len(report.fused)} blocks fused")
+          f"{len(report.fused)} blocks fused, output layer replaced: "
+          f"{', '.join(layer.layer for layer in report.replaced) or 'none'}")
     for feed in arguments.feeds:
         print_table(feed, list(models_by_name), seconds, steps, arguments, batch_size,
                     len(images))

@@ -18,6 +18,9 @@ Configs (see ``CONFIGS``), all Adam(5e-4) and the tutorial's per-image MSE:
 * ``pyae-native-f32``  ``pyae-native`` built under float32 whatever ``--policy`` says: pyae's
                    float32 step, the baseline of mixed precision's target
 
+The pyae configs' decoders end with ``FusedConv2DTranspose`` (the output op, with the
+config's impl); the tutorial's with Keras' ``Conv2DTranspose``.
+
 ``--policy mixed_bfloat16`` builds every model (the tutorial's too) under that Keras dtype
 policy: activations in bfloat16, variables float32, as Keras' mixed precision runs them.
 
