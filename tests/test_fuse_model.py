@@ -16,7 +16,7 @@ from pyae.layers import (
 )
 
 from _layer_fixtures import (  # noqa: F401  (fixtures are used by name; SEED seeds rng)
-    SEED, assert_close, random_normal, randomize_batch_norm, seeded,
+    SEED, assert_close, needs_native_output_op, random_normal, randomize_batch_norm, seeded,
 )
 
 FUSED_CLASSES = (FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU)
@@ -82,6 +82,7 @@ def test_tutorial_encoder(impl, rng):
 
 
 def test_tutorial_decoder(impl, rng):
+    needs_native_output_op(impl)
     decoder = tutorial_decoder()
     randomize_trained_state(decoder, rng)
     fused, report = fuse_model(decoder, impl=impl)
@@ -169,6 +170,7 @@ def test_sequential_model(impl, rng):
 
 
 def test_sequential_output_layers_replaced_with_weights(impl, rng):
+    needs_native_output_op(impl)
     model = keras.Sequential([
         keras.Input((5, 5, 6)),
         layers.Conv2DTranspose(3, 3, strides=2, padding="same", activation="sigmoid",

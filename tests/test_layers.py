@@ -13,7 +13,8 @@ from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
 import reference
 
 from _layer_fixtures import (  # noqa: F401  (fixtures are used by name; SEED seeds rng)
-    SEED, assert_close, dtype_policy, random_normal, randomize_batch_norm, seeded,
+    SEED, assert_close, dtype_policy, needs_native_output_op, random_normal,
+    randomize_batch_norm, seeded,
 )
 
 
@@ -565,6 +566,7 @@ OUTPUT_CASES = [
 
 def output_layer_pair(case, rng, dtype=None, **kwargs):
     """(keras Conv2DTranspose, FusedConv2DTranspose), built, the same random weights."""
+    needs_native_output_op(kwargs.get("impl"))
     arguments = dict(strides=case.strides, padding="same", activation=case.activation,
                      use_bias=case.use_bias, dtype=dtype)
     stock = keras.layers.Conv2DTranspose(case.filters, case.kernel_size, **arguments)
@@ -744,6 +746,7 @@ def test_conv2d_transpose_keras_file_round_trip(impl, rng, tmp_path):
         keras.Input((5, 5, 4)),
         pyae.layers.FusedConv2DTranspose(3, 3, strides=2, activation="sigmoid", impl=impl),
     ])
+    needs_native_output_op(impl)
     model.layers[-1].bias.assign(random_normal(rng, (3,)))
     path = tmp_path / "output_layer.keras"
     model.save(path)
