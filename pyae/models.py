@@ -85,9 +85,11 @@ def encoder_output_grid(input_shape, strides, last_filters):
 
 
 def build_decoder(latent_dim, grid_shape, filters, strides, output_channels, output_stride, *,
-                  kernel_size=3, impl="auto", unfused=False, conv_bias=True, name="Decoder"):
+                  kernel_size=3, impl="auto", output_impl=None, unfused=False, conv_bias=True,
+                  name="Decoder"):
     """Dense(prod(grid)), Reshape(grid), conv-transpose blocks, a sigmoid conv transpose
-    (``FusedConv2DTranspose``; Keras' ``Conv2DTranspose`` when ``unfused``)."""
+    (``FusedConv2DTranspose`` with ``output_impl``, default ``impl``; Keras'
+    ``Conv2DTranspose`` when ``unfused``)."""
     _check_blocks(filters, strides, "decoder")
     inputs = keras.Input(shape=(latent_dim,), name="input_layer")
     x = keras.layers.Dense(math.prod(grid_shape), name="dense_1")(inputs)
@@ -103,13 +105,13 @@ def build_decoder(latent_dim, grid_shape, filters, strides, output_channels, out
     else:
         output_layer = FusedConv2DTranspose(
             output_channels, kernel_size, output_stride, padding="same", activation="sigmoid",
-            impl=impl, name=output_name)
+            impl=impl if output_impl is None else output_impl, name=output_name)
     outputs = output_layer(x)
     return keras.Model(inputs, outputs, name=name)
 
 
 def build_pair(input_shape, latent_dim, filters, strides, *, kernel_size=3, impl="auto",
-               unfused=False, conv_bias=True, code_multiplier=1):
+               output_impl=None, unfused=False, conv_bias=True, code_multiplier=1):
     """The encoder and its mirrored decoder; checks the decoder gives back the input shape."""
     common = {"kernel_size": kernel_size, "impl": impl, "unfused": unfused,
               "conv_bias": conv_bias}
@@ -119,7 +121,7 @@ def build_pair(input_shape, latent_dim, filters, strides, *, kernel_size=3, impl
     reversed_strides = tuple(reversed(strides))
     decoder = build_decoder(latent_dim, grid, tuple(reversed(filters))[1:],
                             reversed_strides[:-1], input_shape[-1], reversed_strides[-1],
-                            **common)
+                            output_impl=output_impl, **common)
     if tuple(decoder.output.shape[1:]) != tuple(input_shape):
         raise ValueError(
             f"strides {tuple(strides)} do not divide input_shape {tuple(input_shape)}: the "
@@ -397,7 +399,7 @@ def _first_batch(data, batch_size):
 
 
 def _autoencoder(preset, *, input_shape=None, latent_dim=None, filters=None, strides=None,
-                 kernel_size=3, impl="auto", unfused=False, conv_bias=None,
+                 kernel_size=3, impl="auto", output_impl=None, unfused=False, conv_bias=None,
                  objective="vanilla", name=None, **objective_options):
     defaults = PRESETS[preset]
     objective = objectives_lib.get(objective, **objective_options)
@@ -406,7 +408,7 @@ def _autoencoder(preset, *, input_shape=None, latent_dim=None, filters=None, str
         int(latent_dim or defaults["latent_dim"]),
         tuple(filters or defaults["filters"]),
         tuple(strides or defaults["strides"]),
-        kernel_size=kernel_size, impl=impl, unfused=unfused,
+        kernel_size=kernel_size, impl=impl, output_impl=output_impl, unfused=unfused,
         # The tutorial's Conv2D layers keep their (redundant) bias; the fused op has none.
         conv_bias=unfused if conv_bias is None else conv_bias,
         code_multiplier=objective.code_multiplier,
@@ -418,7 +420,8 @@ def fashion_mnist_autoencoder(**options):
     """The tutorial's Fashion-MNIST autoencoder: 28x28x1 -> 2 -> 28x28x1.
 
     Options: ``input_shape``, ``latent_dim``, ``filters``, ``strides`` (encoder blocks; the
-    decoder mirrors them), ``kernel_size``, ``impl`` ("auto"/"native"/"tf"), ``unfused``
+    decoder mirrors them), ``kernel_size``, ``impl`` ("auto"/"native"/"tf"), ``output_impl``
+    (the output layer's, default ``impl``), ``unfused``
     (the tutorial's Keras Conv2D/BatchNormalization/LeakyReLU stack), ``conv_bias``
     (unfused only; default True as in the tutorial), ``objective`` (a name from
     ``pyae.objectives.OBJECTIVES``) and that objective's options (``noise_std``,

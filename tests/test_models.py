@@ -96,9 +96,12 @@ def test_fashion_mnist_layer_names_and_types():
 
 
 @pytest.mark.parametrize("impl", ["tf", "auto"])
-def test_output_layer_takes_the_models_impl_and_unfused_is_keras_own(impl):
+def test_output_layer_takes_the_models_or_its_own_impl_and_unfused_is_keras_own(impl):
     fused = models.build("fashion_mnist", impl=impl, **TINY)
     assert fused.decoder.get_layer("conv_transpose_2").impl == impl
+    pinned = models.build("fashion_mnist", impl=impl, output_impl="tf", **TINY)
+    assert pinned.decoder.get_layer("conv_transpose_2").impl == "tf"
+    assert pinned.decoder.get_layer("conv_transpose_1").impl == impl
     unfused = models.build("fashion_mnist", unfused=True, **TINY)
     assert type(unfused.decoder.get_layer("conv_transpose_2")) is keras.layers.Conv2DTranspose
 
