@@ -11,6 +11,7 @@ import pyae.ops
 from pyae.layers import FusedConvBNLeakyReLU, FusedConvTransposeBNLeakyReLU
 
 import reference
+from conftest import native_unavailable_reason
 
 from _layer_fixtures import (  # noqa: F401  (fixtures are used by name; SEED seeds rng)
     SEED, assert_close, dtype_policy, needs_native_output_op, random_normal,
@@ -685,6 +686,14 @@ def bf16_output_reference(stock, x, upstream):
     return y.numpy(), [grad.numpy() for grad in grads]
 
 
+@pytest.fixture(params=["auto", "native"])
+def output_impl(request):
+    """The output layer's impl="auto" (what a model runs) and "native" (where it is built)."""
+    if request.param == "native" and not pyae.ops.native_available():
+        pytest.skip(f"native op library not available: {native_unavailable_reason()}")
+    return request.param
+
+
 # bf16 bounds as tests/test_bf16.py derives them: against a float64 reference of the same
 # bf16-rounded inputs, each output is at most as far off as Keras' own layer under the policy
 # (which rounds the conv's output, the bias sum and the sigmoid to bf16), give or take one
@@ -692,8 +701,8 @@ def bf16_output_reference(stock, x, upstream):
 @pytest.mark.parametrize("case", OUTPUT_CASES[:3], ids=str)
 @pytest.mark.parametrize("dtype_policy", ["mixed_bfloat16"], indirect=True)
 def test_conv2d_transpose_mixed_bfloat16_at_least_as_accurate_as_keras(
-        dtype_policy, bf16_path, case, rng):
-    stock, fused = output_layer_pair(case, rng)
+        dtype_policy, bf16_path, case, output_impl, rng):
+    stock, fused = output_layer_pair(case, rng, impl=output_impl)
     x = tf.constant(random_normal(rng, case.input_shape))
     upstream = tf.constant(random_normal(rng, stock.compute_output_shape(case.input_shape)))
     y_exact, grads_exact = bf16_output_reference(stock, x, upstream)
@@ -703,7 +712,8 @@ def test_conv2d_transpose_mixed_bfloat16_at_least_as_accurate_as_keras(
     y, grads = output_and_gradients(as_float32(fused), output_layer_variables(fused), x,
                                     upstream)
     assert fused(x).dtype == "bfloat16"
-    assert fused.last_impl == pyae.ops.explain_output_impl("auto", "bfloat16", case.filters)[0]
+    assert fused.last_impl == pyae.ops.explain_output_impl(output_impl, "bfloat16",
+                                                           case.filters)[0]
     assert all(weight.dtype == "float32" for weight in fused.weights)
     assert [g.dtype for g in grads[1:]] == [g.dtype for g in grads_ref[1:]] == ["float32"] * 2
     for name, ours, keras_value, exact in zip(("y", "dx", "dkernel", "dbias"), [y] + grads,
