@@ -8,12 +8,14 @@
 #include <limits>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "conv_geometry.h"
 #include "fused_bf16.h"
 #include "fused_conv_bn_lrelu.h"
 #include "isa.h"
+#include "output_conv.h"
 #include "parallel.h"
 #ifdef PYAE_WITH_CUDA
 #include "gpu_bindings.h"
@@ -208,6 +210,81 @@ FloatArray FilterGradBf16(const Bf16Array& big, const Bf16Array& small,
   return dfilter;
 }
 
+// --- the output op (output_conv.h): float32 arrays, or bfloat16 as their bits --------------
+
+template <typename Array>
+std::vector<int64_t> Shape4(const Array& array, const char* name) {
+  if (array.ndim() != 4) {
+    throw py::value_error(std::string(name) + " must have rank 4, got rank " +
+                          std::to_string(array.ndim()));
+  }
+  return std::vector<int64_t>(array.shape(), array.shape() + 4);
+}
+
+template <typename Array>
+Array PoisonedLike(const std::vector<int64_t>& shape) {
+  Array array(shape);
+  using T = typename Array::value_type;
+  // float32 NaN, or the bits of a bfloat16 NaN.
+  const T nan = std::is_same_v<T, float> ? static_cast<T>(std::numeric_limits<float>::quiet_NaN())
+                                         : static_cast<T>(0x7FC0);
+  std::fill(array.mutable_data(), array.mutable_data() + array.size(), nan);
+  return array;
+}
+
+template <typename Array>
+pyae::OutputConvParams OutputParams(const Array& x, const FloatArray& kernel,
+                                    std::pair<int64_t, int64_t> strides,
+                                    const std::string& activation) {
+  const auto x_shape = Shape4(x, "x");
+  const auto kernel_shape = ShapeOf(kernel, "kernel", 4);
+  pyae::OutputConvParams params;
+  RaiseIfFailed(pyae::MakeOutputConvParams(x_shape.data(), kernel_shape.data(), strides.first,
+                                           strides.second, activation, &params));
+  return params;
+}
+
+template <typename Array>
+Array OutputForward(const Array& x, const FloatArray& kernel, const FloatArray& bias,
+                    std::pair<int64_t, int64_t> strides, const std::string& activation) {
+  const auto params = OutputParams(x, kernel, strides, activation);
+  const pyae::ConvGeometry& g = params.geometry;
+  CheckVector(bias, "bias", g.big_c);
+  Array y = PoisonedLike<Array>({g.batch, g.big_h, g.big_w, g.big_c});
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = pyae::OutputConvForward(params, DefaultRuntime(), x.data(), kernel.data(), bias.data(),
+                                  y.mutable_data());
+  }
+  RaiseIfFailed(err);
+  return y;
+}
+
+template <typename Array>
+py::tuple OutputBackward(const Array& dy, const Array& y, const Array& x,
+                         const FloatArray& kernel, std::pair<int64_t, int64_t> strides,
+                         const std::string& activation) {
+  const auto params = OutputParams(x, kernel, strides, activation);
+  const pyae::ConvGeometry& g = params.geometry;
+  const std::vector<int64_t> y_shape = {g.batch, g.big_h, g.big_w, g.big_c};
+  if (Shape4(dy, "dy") != y_shape || Shape4(y, "y") != y_shape) {
+    throw py::value_error("dy and y must have the output's shape");
+  }
+  Array dx = PoisonedLike<Array>(Shape4(x, "x"));
+  FloatArray dkernel = Poisoned(ShapeOf(kernel, "kernel", 4));
+  FloatArray dbias = Poisoned({g.big_c});
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = pyae::OutputConvBackward(params, DefaultRuntime(), dy.data(), y.data(), x.data(),
+                                   kernel.data(), dx.mutable_data(), dkernel.mutable_data(),
+                                   dbias.mutable_data());
+  }
+  RaiseIfFailed(err);
+  return py::make_tuple(dx, dkernel, dbias);
+}
+
 py::dict BuildInfo() {
   py::dict info;
   info["cpu_kernels"] = true;
@@ -258,6 +335,19 @@ PYBIND11_MODULE(_native, m) {
   m.def("filter_grad_bf16", &FilterGradBf16, py::arg("big"), py::arg("small"),
         py::arg("kernel_shape"), py::arg("strides") = std::pair<int64_t, int64_t>{1, 1},
         py::arg("padding") = "same", "patches(big)^T x small on bf16 bits, float32 result.");
+  m.def("output_conv_forward", &OutputForward<FloatArray>, py::arg("x"), py::arg("kernel"),
+        py::arg("bias"), py::arg("strides") = std::pair<int64_t, int64_t>{1, 1},
+        py::arg("activation") = "sigmoid",
+        "y = activation(conv2d_transpose(x, kernel, SAME) + bias); kernel (kh, kw, out, in).");
+  m.def("output_conv_backward", &OutputBackward<FloatArray>, py::arg("dy"), py::arg("y"),
+        py::arg("x"), py::arg("kernel"), py::arg("strides") = std::pair<int64_t, int64_t>{1, 1},
+        py::arg("activation") = "sigmoid", "Returns (dx, dkernel, dbias) given the forward's y.");
+  m.def("output_conv_forward_bf16", &OutputForward<Bf16Array>, py::arg("x"), py::arg("kernel"),
+        py::arg("bias"), py::arg("strides") = std::pair<int64_t, int64_t>{1, 1},
+        py::arg("activation") = "sigmoid", "output_conv_forward on bf16 bits (uint16).");
+  m.def("output_conv_backward_bf16", &OutputBackward<Bf16Array>, py::arg("dy"), py::arg("y"),
+        py::arg("x"), py::arg("kernel"), py::arg("strides") = std::pair<int64_t, int64_t>{1, 1},
+        py::arg("activation") = "sigmoid", "output_conv_backward on bf16 bits (uint16).");
   m.def("build_info", &BuildInfo);
   m.def("set_isa", &SetIsa, py::arg("isa"),
         "Runs the kernels on path 'avx512', 'avx2', 'generic' or 'auto' (the best here).");

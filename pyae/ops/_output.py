@@ -18,6 +18,11 @@ NATIVE_OUTPUT_DTYPES = (tf.float32, tf.bfloat16)
 # Beyond this many output channels impl="auto" leaves the layer to oneDNN's GEMM-based conv.
 MAX_AUTO_OUT_CHANNELS = 4
 
+# CPU kernel paths on which the native output op was measured faster than TF's own ops at both
+# tutorial output layers, forward and backward, float32 and bfloat16 (bench/output_op.py;
+# bench/RESULTS.md, "The output op"), with the figures; impl="auto" runs the native op there.
+FASTER_THAN_TF_PATHS = {}
+
 
 def _native_op_problem(dtype):
     """Why the native output op cannot run here for ``dtype``, or None."""
@@ -28,6 +33,8 @@ def _native_op_problem(dtype):
     library = _loader.load()
     if library is None:
         return _loader.fallback_reason()
+    if tf.config.list_logical_devices("GPU"):
+        return "the native output op has CPU kernels only (on a GPU TF's ops run)"
     if not hasattr(library, "pyae_conv_transpose_output"):
         return "the loaded op library has no output op (rebuild pyae: python setup.py build_ext)"
     isa = _loader.isa_info()
@@ -59,7 +66,10 @@ def explain_output_impl(impl="auto", dtype=tf.float32, out_channels=1):
     if out_channels > MAX_AUTO_OUT_CHANNELS:
         return "tf", (f"{out_channels} output channels: the native output op is built for "
                       f"at most {MAX_AUTO_OUT_CHANNELS} (the models' 1 and 3)")
-    return "native", f"the native output op beats TF's conv transpose on the {path} path"
+    if path not in FASTER_THAN_TF_PATHS:
+        return "tf", (f"the native output op was not measured faster than TF's conv transpose "
+                      f"on the {path} path (bench/RESULTS.md, 'The output op')")
+    return "native", FASTER_THAN_TF_PATHS[path]
 
 
 def _normalize_activation(activation):
