@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "output_conv.h"
@@ -179,15 +180,29 @@ void StoreChannels(T* p, int64_t count, Vec v) {
   for (int64_t i = 0; i < count; ++i) FromFloat(part[i], p + i);
 }
 
-// One kernel tap along an axis and the pixel it pairs: for an output position, the input
-// pixel it gathers from; for an input position, the output pixel it scatters to.
+
+// Output pixels per register block: the forward keeps kForwardPixels x (up to 4) out channels
+// of accumulators, the backward kBackwardPixels pixels' x and dx vectors, in registers.
+#if defined(PYAE_ISA_AVX512)
+constexpr int kForwardPixels = 4;
+constexpr int kBackwardPixels = 8;
+#elif defined(PYAE_ISA_AVX2)
+constexpr int kForwardPixels = 3;
+constexpr int kBackwardPixels = 4;
+#else
+constexpr int kForwardPixels = 2;
+constexpr int kBackwardPixels = 2;
+#endif
+
+// One kernel tap along an axis and the offset it pairs: the input row an output row gathers
+// from, or the output row an input row scatters to.
 struct Tap {
   int32_t k;
   int32_t at;
 };
 
-// For every position along one axis, its taps (a compressed list: taps of position i are
-// taps[begin[i]] .. taps[begin[i + 1]]).
+// For every position along one axis, its taps (position i's are taps[begin[i]] ..
+// taps[begin[i + 1]]).
 struct AxisTaps {
   std::vector<int32_t> begin;
   std::vector<Tap> taps;
@@ -195,7 +210,7 @@ struct AxisTaps {
   const Tap* last(int64_t i) const { return taps.data() + begin[i + 1]; }
 };
 
-// Output position q takes input p through tap k where q = p * stride - pad + k.
+// Output row q takes input row p through tap k where q = p * stride - pad + k.
 AxisTaps OutputTaps(int64_t big, int64_t small, int64_t kernel, int64_t stride, int64_t pad) {
   AxisTaps axis;
   for (int64_t q = 0; q < big; ++q) {
@@ -217,20 +232,49 @@ AxisTaps InputTaps(int64_t big, int64_t small, int64_t kernel, int64_t stride, i
     axis.begin.push_back(static_cast<int32_t>(axis.taps.size()));
     for (int64_t k = 0; k < kernel; ++k) {
       const int64_t q = p * stride - pad + k;
-      if (q >= 0 && q < big) {
-        axis.taps.push_back({static_cast<int32_t>(k), static_cast<int32_t>(q)});
-      }
+      if (q >= 0 && q < big) axis.taps.push_back({static_cast<int32_t>(k), static_cast<int32_t>(q)});
     }
   }
   axis.begin.push_back(static_cast<int32_t>(axis.taps.size()));
   return axis;
 }
 
-// The kernel re-laid out with each (tap, out) row of in-channels padded to whole vectors, so
-// every weight load is a full one.
+// Along w the kernels read zero-padded rows, so every column tap is valid at every pixel and
+// the inner loops have no edge cases. Output column q = m * stride + phase gathers input column
+// m + shift through tap k, shift = (phase + pad - k) / stride, for the k that divide evenly.
+struct ColumnTap {
+  int32_t k;
+  int32_t shift;
+};
+
+struct ColumnPhases {
+  std::vector<std::vector<ColumnTap>> taps;  // per phase
+  int64_t margin_left = 0, margin_right = 0;  // zero pixels the shifts reach beyond the row
+};
+
+ColumnPhases MakeColumnPhases(const ConvGeometry& g) {
+  ColumnPhases phases;
+  phases.taps.resize(g.stride_w);
+  for (int64_t phase = 0; phase < g.stride_w; ++phase) {
+    for (int64_t k = 0; k < g.kernel_w; ++k) {
+      const int64_t shifted = phase + g.pad_left - k;
+      if (shifted % g.stride_w != 0) continue;
+      const int64_t shift = shifted / g.stride_w;
+      phases.taps[phase].push_back({static_cast<int32_t>(k), static_cast<int32_t>(shift)});
+      phases.margin_left = std::max(phases.margin_left, -shift);
+      phases.margin_right = std::max(phases.margin_right, shift);
+    }
+  }
+  return phases;
+}
+
+// Channels padded to whole vectors.
+inline int64_t PaddedChannels(int64_t channels) { return (channels + kLanes - 1) / kLanes * kLanes; }
+
+// The kernel re-laid out with each (tap, out) row of in-channels padded to whole vectors.
 struct PaddedKernel {
   PaddedKernel(const float* kernel, int64_t rows, int64_t channels)
-      : stride((channels + kLanes - 1) / kLanes * kLanes), values(rows * stride, 0.0f) {
+      : stride(PaddedChannels(channels)), values(rows * stride, 0.0f) {
     for (int64_t r = 0; r < rows; ++r) {
       std::copy(kernel + r * channels, kernel + (r + 1) * channels, values.data() + r * stride);
     }
@@ -240,8 +284,74 @@ struct PaddedKernel {
   std::vector<float> values;
 };
 
-inline float Activate(float z, OutputActivation activation) {
-  return activation == OutputActivation::kSigmoid ? 1.0f / (1.0f + std::exp(-z)) : z;
+// Rows of an image in float32, channels padded to whole vectors and `margin_left` /
+// `margin_right` zero pixels on either side: pixel w of row r is at(r) + (w + margin_left) *
+// channels. float32 rows that need no padding are read in place.
+struct PaddedRows {
+  template <typename T>
+  void Fill(const T* image, int64_t width, int64_t in, int64_t first, int64_t last, int64_t left,
+            int64_t right) {
+    first_row = first;
+    margin_left = left;
+    channels = PaddedChannels(in);
+    row_values = (width + left + right) * channels;
+    if (std::is_same_v<T, float> && channels == in && left == 0 && right == 0) {
+      rows = reinterpret_cast<const float*>(image) + first * row_values;
+      return;
+    }
+    values.resize((last - first) * row_values);
+    for (int64_t r = first; r < last; ++r) {
+      float* to = values.data() + (r - first) * row_values;
+      std::fill(to, to + left * channels, 0.0f);
+      for (int64_t w = 0; w < width; ++w) {
+        const T* from = image + (r * width + w) * in;
+        float* pixel = to + (w + left) * channels;
+        for (int64_t c = 0; c < in; ++c) pixel[c] = ToFloat(from[c]);
+        std::fill(pixel + in, pixel + channels, 0.0f);
+      }
+      std::fill(to + (width + left) * channels, to + row_values, 0.0f);
+    }
+    rows = values.data();
+  }
+  const float* at(int64_t row) const { return rows + (row - first_row) * row_values; }
+  int64_t first_row = 0, margin_left = 0, channels = 0, row_values = 0;
+  const float* rows = nullptr;
+  std::vector<float> values;
+};
+
+// exp(x) to ~2 ulp for float32 (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r,
+// 2^n from the exponent bits), in plain arithmetic so that a loop over it vectorises.
+inline float Exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  return p * FromBits(scale_bits);
+}
+
+// The activation over a row of pre-activations, in place.
+void Activate(float* z, int64_t count, OutputActivation activation) {
+  if (activation != OutputActivation::kSigmoid) return;
+  for (int64_t i = 0; i < count; ++i) {
+    const float value = z[i];
+    const float sigmoid = 1.0f / (1.0f + Exp(-value));
+    z[i] = value == value ? sigmoid : value;  // NaN stays NaN (the clamp would drop it)
+  }
+}
+
+// A float32 row stored as T, whole vectors where they fit.
+template <typename T>
+void StoreRow(const float* from, int64_t count, T* to) {
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) Simd::Store(to + i, Simd::Load(from + i));
+  if (i < count) StoreChannels(to + i, count - i, LoadChannels(from + i, count - i));
 }
 
 // What every task of one call shares.
@@ -260,50 +370,54 @@ struct Setup {
 
 // --- forward --------------------------------------------------------------------------------
 
-// y at one output pixel for out channels [o0, o0 + kOut): the dot products of its taps' input
-// pixels with the kernel rows, channels in vectors, two accumulators per out channel (even and
-// odd vectors) so the FMAs of one pixel do not wait on each other.
-template <int kOut, typename T>
-void ForwardPixel(const Setup& s, const T* x_image, const Tap* rows_first, const Tap* rows_last,
-                  const Tap* cols_first, const Tap* cols_last, const float* bias, int64_t o0,
-                  T* y_pixel) {
-  Vec even[kOut], odd[kOut];
-  for (int j = 0; j < kOut; ++j) even[j] = odd[j] = Simd::Zero();
-  const int64_t in = s.in;
+// Pre-activations of kPixels output pixels of one phase (columns (m + i) * stride + phase) for
+// out channels [o0, o0 + kOut) of one output row: kernel rows in registers per tap and vector,
+// one accumulator per pixel and out channel, one horizontal sum each at the end.
+template <int kPixels, int kOut>
+void ForwardBlock(const Setup& s, const PaddedRows& x_rows, const Tap* rows_first,
+                  const Tap* rows_last, const std::vector<ColumnTap>& cols, const float* bias,
+                  int64_t m, int64_t phase, int64_t o0, float* z_row) {
+  Vec acc[kPixels][kOut];
+  for (auto& pixel : acc) {
+    for (Vec& v : pixel) v = Simd::Zero();
+  }
+  const int64_t channels = x_rows.channels;
   for (const Tap* row = rows_first; row != rows_last; ++row) {
-    for (const Tap* col = cols_first; col != cols_last; ++col) {
-      const T* x_pixel = x_image + (row->at * s.g.small_w + col->at) * in;
-      const float* w = s.weights.row((row->k * s.g.kernel_w + col->k) * s.out + o0);
-      int64_t c = 0;
-      for (; c + 2 * kLanes <= in; c += 2 * kLanes) {
-        const Vec x0 = Simd::Load(x_pixel + c), x1 = Simd::Load(x_pixel + c + kLanes);
-        for (int j = 0; j < kOut; ++j) {
-          even[j] = Simd::Fmadd(x0, Simd::Load(w + j * s.weights.stride + c), even[j]);
-          odd[j] = Simd::Fmadd(x1, Simd::Load(w + j * s.weights.stride + c + kLanes), odd[j]);
-        }
-      }
-      for (; c < in; c += kLanes) {
-        const Vec x0 = LoadChannels(x_pixel + c, in - c);
-        for (int j = 0; j < kOut; ++j) {
-          even[j] = Simd::Fmadd(x0, Simd::Load(w + j * s.weights.stride + c), even[j]);
+    const float* x_row = x_rows.at(row->at) + (m + x_rows.margin_left) * channels;
+    for (const ColumnTap& col : cols) {
+      const float* x_first = x_row + col.shift * channels;
+      const float* w = s.weights.row((row->k * s.g.kernel_w + col.k) * s.out + o0);
+      for (int64_t c = 0; c < channels; c += kLanes) {
+        Vec wv[kOut];
+        for (int j = 0; j < kOut; ++j) wv[j] = Simd::Load(w + j * s.weights.stride + c);
+        for (int i = 0; i < kPixels; ++i) {
+          const Vec xv = Simd::Load(x_first + i * channels + c);
+          for (int j = 0; j < kOut; ++j) acc[i][j] = Simd::Fmadd(xv, wv[j], acc[i][j]);
         }
       }
     }
   }
-  for (int j = 0; j < kOut; ++j) {
-    const float z = Simd::Sum(Simd::Add(even[j], odd[j])) + bias[o0 + j];
-    FromFloat(Activate(z, s.activation), y_pixel + o0 + j);
+  for (int i = 0; i < kPixels; ++i) {
+    float* z = z_row + ((m + i) * s.g.stride_w + phase) * s.out + o0;
+    for (int j = 0; j < kOut; ++j) z[j] = Simd::Sum(acc[i][j]) + bias[o0 + j];
   }
 }
 
-template <int kOut, typename T>
-void ForwardRow(const Setup& s, const AxisTaps& rows, const AxisTaps& cols, const T* x_image,
-                const float* bias, int64_t qh, int64_t o0, T* y_row) {
-  for (int64_t qw = 0; qw < s.g.big_w; ++qw) {
-    ForwardPixel<kOut>(s, x_image, rows.first(qh), rows.last(qh), cols.first(qw), cols.last(qw),
-                       bias, o0, y_row + qw * s.out);
+template <int kOut>
+void ForwardPhase(const Setup& s, const PaddedRows& x_rows, const Tap* rows_first,
+                  const Tap* rows_last, const std::vector<ColumnTap>& cols, const float* bias,
+                  int64_t phase, int64_t o0, float* z_row) {
+  int64_t m = 0;
+  for (; m + kForwardPixels <= s.g.small_w; m += kForwardPixels) {
+    ForwardBlock<kForwardPixels, kOut>(s, x_rows, rows_first, rows_last, cols, bias, m, phase,
+                                       o0, z_row);
+  }
+  for (; m < s.g.small_w; ++m) {
+    ForwardBlock<1, kOut>(s, x_rows, rows_first, rows_last, cols, bias, m, phase, o0, z_row);
   }
 }
+
+constexpr int64_t kForwardBandRows = 8;  // output rows per task: their input rows padded once
 
 template <typename T>
 void Forward(const OutputConvParams& params, const Runtime& runtime, const T* x,
@@ -311,82 +425,139 @@ void Forward(const OutputConvParams& params, const Runtime& runtime, const T* x,
   const Setup s(params, kernel);
   const ConvGeometry& g = s.g;
   const AxisTaps rows = OutputTaps(g.big_h, g.small_h, g.kernel_h, g.stride_h, g.pad_top);
-  const AxisTaps cols = OutputTaps(g.big_w, g.small_w, g.kernel_w, g.stride_w, g.pad_left);
-  // One task per output row of one image.
-  runtime.run_tasks(g.batch * g.big_h, [&](int64_t task) {
-    const int64_t n = task / g.big_h, qh = task % g.big_h;
-    const T* x_image = x + n * g.small_pixels() * s.in;
-    T* y_row = y + (n * g.big_h + qh) * g.big_w * s.out;
-    for (int64_t o0 = 0; o0 < s.out; o0 += 4) {
-      switch (std::min<int64_t>(4, s.out - o0)) {
-        case 1: ForwardRow<1>(s, rows, cols, x_image, bias, qh, o0, y_row); break;
-        case 2: ForwardRow<2>(s, rows, cols, x_image, bias, qh, o0, y_row); break;
-        case 3: ForwardRow<3>(s, rows, cols, x_image, bias, qh, o0, y_row); break;
-        default: ForwardRow<4>(s, rows, cols, x_image, bias, qh, o0, y_row); break;
+  const ColumnPhases phases = MakeColumnPhases(g);
+  const int64_t bands = (g.big_h + kForwardBandRows - 1) / kForwardBandRows;
+  runtime.run_tasks(g.batch * bands, [&](int64_t task) {
+    const int64_t n = task / bands;
+    const int64_t first = task % bands * kForwardBandRows;
+    const int64_t last = std::min(g.big_h, first + kForwardBandRows);
+    // The band's input rows, padded (the taps of an output row are in increasing input rows
+    // for increasing output rows).
+    int64_t x_first = g.small_h, x_last = 0;
+    for (int64_t qh = first; qh < last; ++qh) {
+      for (const Tap* row = rows.first(qh); row != rows.last(qh); ++row) {
+        x_first = std::min<int64_t>(x_first, row->at);
+        x_last = std::max<int64_t>(x_last, row->at + 1);
       }
+    }
+    PaddedRows x_rows;
+    x_rows.Fill(x + n * g.small_pixels() * s.in, g.small_w, s.in, std::min(x_first, x_last),
+                x_last, phases.margin_left, phases.margin_right);
+    std::vector<float> z_row(g.big_w * s.out);
+    for (int64_t qh = first; qh < last; ++qh) {
+      for (int64_t phase = 0; phase < g.stride_w; ++phase) {
+        for (int64_t o0 = 0; o0 < s.out; o0 += 4) {
+          const auto& cols = phases.taps[phase];
+          switch (std::min<int64_t>(4, s.out - o0)) {
+            case 1: ForwardPhase<1>(s, x_rows, rows.first(qh), rows.last(qh), cols, bias, phase, o0, z_row.data()); break;
+            case 2: ForwardPhase<2>(s, x_rows, rows.first(qh), rows.last(qh), cols, bias, phase, o0, z_row.data()); break;
+            case 3: ForwardPhase<3>(s, x_rows, rows.first(qh), rows.last(qh), cols, bias, phase, o0, z_row.data()); break;
+            default: ForwardPhase<4>(s, x_rows, rows.first(qh), rows.last(qh), cols, bias, phase, o0, z_row.data()); break;
+          }
+        }
+      }
+      Activate(z_row.data(), z_row.size(), s.activation);
+      StoreRow(z_row.data(), z_row.size(), y + ((n * g.big_h + qh) * g.big_w) * s.out);
     }
   });
 }
 
 // --- backward -------------------------------------------------------------------------------
 
-// One task's share of the backward: its input rows' dx, and partial sums of dkernel (rows of
-// the padded kernel layout) and dbias.
+// One task's partial sums of dkernel (rows of the padded kernel layout) and dbias.
 struct Partials {
   std::vector<float> dkernel;
   std::vector<double> dbias;
 };
 
-// The pre-activation's gradient dy * f'(y) of output rows [first_row, last_row) of one image,
-// [row][w][out] in float32.
-template <typename T>
-void PreActivationGrad(const Setup& s, const T* dy_image, const T* y_image, int64_t first_row,
-                       int64_t last_row, float* dpre) {
-  const int64_t count = (last_row - first_row) * s.g.big_w * s.out;
-  const int64_t offset = first_row * s.g.big_w * s.out;
-  if (s.activation == OutputActivation::kLinear) {
-    for (int64_t i = 0; i < count; ++i) dpre[i] = ToFloat(dy_image[offset + i]);
-    return;
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    const float y = ToFloat(y_image[offset + i]);
-    dpre[i] = ToFloat(dy_image[offset + i]) * y * (1.0f - y);
-  }
-}
-
-// dx of one input pixel's channels [c, c + count), and that pixel's terms of dkernel: each tap
-// broadcasts the output pixel's dpre per out channel, against the kernel row (dx) and against x
-// (dkernel).
-template <typename T>
-void BackwardPixelChannels(const Setup& s, const Tap* rows_first, const Tap* rows_last,
-                           const Tap* cols_first, const Tap* cols_last, const float* dpre,
-                           int64_t dpre_first_row, const T* x_pixel, int64_t c, int64_t count,
-                           float* dkernel, T* dx_pixel) {
-  const Vec xv = LoadChannels(x_pixel + c, count);
-  Vec dxv = Simd::Zero();
-  const int64_t stride = s.weights.stride;
-  for (const Tap* row = rows_first; row != rows_last; ++row) {
-    const float* dpre_row = dpre + (row->at - dpre_first_row) * s.g.big_w * s.out;
-    for (const Tap* col = cols_first; col != cols_last; ++col) {
-      const float* d = dpre_row + col->at * s.out;
-      const int64_t first = (row->k * s.g.kernel_w + col->k) * s.out;
-      for (int64_t o = 0; o < s.out; ++o) {
-        const Vec dv = Simd::Broadcast(d[o]);
-        dxv = Simd::Fmadd(dv, Simd::Load(s.weights.row(first + o) + c), dxv);
-        float* grad = dkernel + (first + o) * stride + c;
-        Simd::Store(grad, Simd::Fmadd(dv, xv, Simd::Load(grad)));
+// dy * f'(y) of output rows [first, last) of one image, float32, zero-padded along w by
+// `margin_left` / `margin_right` pixels so every column tap of every input pixel is valid:
+// pixel q of row r at (r - first) * row_values + (q + margin_left) * out.
+struct PreActivationRows {
+  template <typename T>
+  void Fill(const Setup& s, const T* dy_image, const T* y_image, int64_t first_row,
+            int64_t last_row, int64_t left, int64_t right) {
+    first = first_row;
+    margin_left = left;
+    row_values = (s.g.big_w + left + right) * s.out;
+    values.resize((last_row - first_row) * row_values);
+    const int64_t width = s.g.big_w * s.out;
+    for (int64_t r = first_row; r < last_row; ++r) {
+      const T* dy = dy_image + r * width;
+      const T* y = y_image + r * width;
+      float* row = values.data() + (r - first_row) * row_values;
+      std::fill(row, row + left * s.out, 0.0f);
+      std::fill(row + left * s.out + width, row + row_values, 0.0f);
+      float* to = row + left * s.out;
+      if (s.activation == OutputActivation::kLinear) {
+        for (int64_t i = 0; i < width; ++i) to[i] = ToFloat(dy[i]);
+      } else {
+        for (int64_t i = 0; i < width; ++i) {
+          const float value = ToFloat(y[i]);
+          to[i] = ToFloat(dy[i]) * value * (1.0f - value);
+        }
       }
     }
   }
-  if (dx_pixel != nullptr) StoreChannels(dx_pixel + c, count, dxv);
+  const float* at(int64_t row) const {
+    return values.data() + (row - first) * row_values;
+  }
+  int64_t first = 0, margin_left = 0, row_values = 0;
+  std::vector<float> values;
+};
+
+// dx of kPixels input pixels (columns pw .. pw + kPixels - 1 of one row) for the vector of
+// channels at c, and their terms of dkernel: per tap and out channel the kernel vector is
+// loaded once and each pixel's dpre broadcast against it (dx) and against its x (dkernel).
+template <int kPixels, typename T>
+void BackwardBlock(const Setup& s, const PaddedRows& x_rows, const PreActivationRows& dpre,
+                   const Tap* rows_first, const Tap* rows_last, int64_t ph, int64_t pw,
+                   int64_t c, float* dkernel, T* dx_row) {
+  const ConvGeometry& g = s.g;
+  const int64_t channels = x_rows.channels;
+  const float* x_first = x_rows.at(ph) + (pw + x_rows.margin_left) * channels + c;
+  Vec xv[kPixels], dxv[kPixels];
+  for (int i = 0; i < kPixels; ++i) {
+    xv[i] = Simd::Load(x_first + i * channels);
+    dxv[i] = Simd::Zero();
+  }
+  const int64_t pixel_step = g.stride_w * s.out;  // between consecutive pixels' output pixels
+  for (const Tap* row = rows_first; row != rows_last; ++row) {
+    const float* dpre_row = dpre.at(row->at);
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      // Output column of pixel pw through tap kw, in the padded row.
+      const float* d = dpre_row + (pw * g.stride_w - g.pad_left + kw + dpre.margin_left) * s.out;
+      const int64_t first = (row->k * g.kernel_w + kw) * s.out;
+      for (int64_t o = 0; o < s.out; ++o) {
+        const Vec w = Simd::Load(s.weights.row(first + o) + c);
+        // Two partial sums of the pixels' dkernel terms: half the FMA dependency chain.
+        Vec grad[2] = {Simd::Zero(), Simd::Zero()};
+        for (int i = 0; i < kPixels; ++i) {
+          const Vec dv = Simd::Broadcast(d[i * pixel_step + o]);
+          dxv[i] = Simd::Fmadd(dv, w, dxv[i]);
+          grad[i % 2] = Simd::Fmadd(dv, xv[i], grad[i % 2]);
+        }
+        float* to = dkernel + (first + o) * s.weights.stride + c;
+        Simd::Store(to, Simd::Add(Simd::Load(to), Simd::Add(grad[0], grad[1])));
+      }
+    }
+  }
+  if (dx_row == nullptr) return;
+  for (int i = 0; i < kPixels; ++i) {
+    StoreChannels(dx_row + (pw + i) * s.in + c, s.in - c, dxv[i]);
+  }
 }
 
 template <typename T>
-void BackwardRows(const Setup& s, const AxisTaps& rows, const AxisTaps& cols, const T* dy,
-                  const T* y, const T* x, int64_t first, int64_t last, T* dx,
-                  Partials* partials) {
+void BackwardRows(const Setup& s, const AxisTaps& rows, const T* dy, const T* y, const T* x,
+                  int64_t first, int64_t last, T* dx, Partials* partials) {
   const ConvGeometry& g = s.g;
-  std::vector<float> dpre;
+  // Zero pixels the column taps reach beyond the output row on either side.
+  const int64_t margin_left = g.pad_left;
+  const int64_t margin_right =
+      std::max<int64_t>(0, (g.small_w - 1) * g.stride_w - g.pad_left + g.kernel_w - g.big_w);
+  PaddedRows x_rows;
+  PreActivationRows dpre;
   for (int64_t r = first; r < last; ++r) {
     const int64_t n = r / g.small_h, ph = r % g.small_h;
     // The output rows this input row scatters to, and the ones whose dbias it sums
@@ -398,23 +569,28 @@ void BackwardRows(const Setup& s, const AxisTaps& rows, const AxisTaps& cols, co
       first_row = std::min<int64_t>(first_row, rows.first(ph)->at);
       last_row = std::max<int64_t>(last_row, (rows.last(ph) - 1)->at + 1);
     }
-    const int64_t row_values = g.big_w * s.out;
-    dpre.resize((last_row - first_row) * row_values);
     const int64_t image_values = g.big_pixels() * s.out;
-    PreActivationGrad(s, dy + n * image_values, y + n * image_values, first_row, last_row,
-                      dpre.data());
+    dpre.Fill(s, dy + n * image_values, y + n * image_values, first_row, last_row, margin_left,
+              margin_right);
     for (int64_t q = owned_first; q < owned_last; ++q) {
-      const float* d = dpre.data() + (q - first_row) * row_values;
-      for (int64_t i = 0; i < row_values; ++i) partials->dbias[i % s.out] += d[i];
+      const float* d = dpre.at(q) + margin_left * s.out;
+      for (int64_t o = 0; o < s.out; ++o) {
+        float sum = 0.0f;  // one row's sum in float32, the rows' in float64
+        for (int64_t qw = 0; qw < g.big_w; ++qw) sum += d[qw * s.out + o];
+        partials->dbias[o] += sum;
+      }
     }
-    const T* x_row = x + r * g.small_w * s.in;
+    x_rows.Fill(x + n * g.small_pixels() * s.in, g.small_w, s.in, ph, ph + 1, 0, 0);
     T* dx_row = dx == nullptr ? nullptr : dx + r * g.small_w * s.in;
-    for (int64_t pw = 0; pw < g.small_w; ++pw) {
-      for (int64_t c = 0; c < s.in; c += kLanes) {
-        BackwardPixelChannels(s, rows.first(ph), rows.last(ph), cols.first(pw), cols.last(pw),
-                              dpre.data(), first_row, x_row + pw * s.in, c, s.in - c,
-                              partials->dkernel.data(),
-                              dx_row == nullptr ? nullptr : dx_row + pw * s.in);
+    for (int64_t c = 0; c < x_rows.channels; c += kLanes) {
+      int64_t pw = 0;
+      for (; pw + kBackwardPixels <= g.small_w; pw += kBackwardPixels) {
+        BackwardBlock<kBackwardPixels>(s, x_rows, dpre, rows.first(ph), rows.last(ph), ph, pw, c,
+                                       partials->dkernel.data(), dx_row);
+      }
+      for (; pw < g.small_w; ++pw) {
+        BackwardBlock<1>(s, x_rows, dpre, rows.first(ph), rows.last(ph), ph, pw, c,
+                         partials->dkernel.data(), dx_row);
       }
     }
   }
@@ -426,7 +602,6 @@ void Backward(const OutputConvParams& params, const Runtime& runtime, const T* d
   const Setup s(params, kernel);
   const ConvGeometry& g = s.g;
   const AxisTaps rows = InputTaps(g.big_h, g.small_h, g.kernel_h, g.stride_h, g.pad_top);
-  const AxisTaps cols = InputTaps(g.big_w, g.small_w, g.kernel_w, g.stride_w, g.pad_left);
   // Tasks of whole input rows, a few per thread (each keeps its own dkernel partial sums).
   const int64_t input_rows = g.batch * g.small_h;
   const int64_t num_tasks = std::min<int64_t>(input_rows, 8 * std::max(1, runtime.num_threads));
@@ -436,7 +611,7 @@ void Backward(const OutputConvParams& params, const Runtime& runtime, const T* d
     Partials& mine = partials[task];
     mine.dkernel.assign(kernel_rows * s.weights.stride, 0.0f);
     mine.dbias.assign(s.out, 0.0);
-    BackwardRows(s, rows, cols, dy, y, x, input_rows * task / num_tasks,
+    BackwardRows(s, rows, dy, y, x, input_rows * task / num_tasks,
                  input_rows * (task + 1) / num_tasks, dx, &mine);
   });
   for (int64_t r = 0; r < kernel_rows; ++r) {
