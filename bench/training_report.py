@@ -17,8 +17,9 @@ Configs (see ``CONFIGS``), all Adam(5e-4) and the tutorial's per-image MSE:
 * ``pyae-auto``    ``Autoencoder.compile()``'s choice (``jit_compile="auto"``; says which)
 * ``pyae-native-f32``  ``pyae-native`` built under float32 whatever ``--policy`` says: pyae's
                    float32 step, the baseline of mixed precision's target
-* ``pyae-native-out``  ``pyae-native`` with the output layer on the native output op
-                   (``output_impl="native"``) whatever ``impl="auto"`` would pick for it
+* ``pyae-native-tfout``  ``pyae-native`` with the output layer on TF's ops
+                   (``output_impl="tf"``, Keras' Conv2DTranspose math): the step without the
+                   native output op, to measure what that op gives in the same run
 
 The pyae configs' decoders end with ``FusedConv2DTranspose`` (the output op, with the
 config's impl); the tutorial's with Keras' ``Conv2DTranspose``.
@@ -61,7 +62,7 @@ import run_options  # noqa: E402
 from run_options import policy  # noqa: E402
 
 CONFIGS = ("tutorial", "pyae-native", "pyae-xla", "pyae-auto", "pyae-native-f32",
-           "pyae-native-out")
+           "pyae-native-tfout")
 # Mixed precision's targets (issue 14): the whole step under the policy vs the tutorial loop
 # under it, and vs pyae's own float32 step.
 TARGET_MIXED_SPEEDUP, TARGET_MIXED_VS_FLOAT32 = 2.0, 1.4
@@ -113,7 +114,7 @@ def build_model(model_name, config, seed=0):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config_policy(config))
     try:
-        output_impl = "native" if config == "pyae-native-out" else None
+        output_impl = "tf" if config == "pyae-native-tfout" else None
         return models.build(model_name, unfused=config == "tutorial", output_impl=output_impl)
     finally:
         keras.config.set_dtype_policy(previous)
@@ -122,7 +123,7 @@ def build_model(model_name, config, seed=0):
 def make_step(model_name, config, sample_batch, seed=0, verbose=0):
     """``(step, model, note)``: ``step(batch)`` trains once and returns the loss tensor."""
     model = build_model(model_name, config, seed)
-    config = config.removesuffix("-f32").removesuffix("-out")
+    config = config.removesuffix("-f32").removesuffix("-tfout")
     if config == "tutorial":
         step = tutorial_train_step(model.encoder, model.decoder,
                                    keras.optimizers.Adam(LEARNING_RATE))
@@ -383,7 +384,7 @@ def main(argv=None):
     parser.add_argument("--no-rss", action="store_true", help="skip the RSS subprocesses")
     parser.add_argument("--no-quality", action="store_true", help="skip the MSE comparison")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS,
-                        help="only these configs (default: all but pyae-native-out; "
+                        help="only these configs (default: all but pyae-native-tfout; "
                              "pyae-native-f32 only under a mixed policy)")
     run_options.add_options(parser, "the Keras dtype policy of every model")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "CONFIG", "STEPS"),
@@ -395,7 +396,7 @@ def main(argv=None):
         rss_child(model_name, config, int(count))
         return
     if arguments.configs is None:
-        arguments.configs = [config for config in CONFIGS if config != "pyae-native-out" and
+        arguments.configs = [config for config in CONFIGS if config != "pyae-native-tfout" and
                              (arguments.policy != "float32" or not config.endswith("-f32"))]
     run_report(arguments)
 
