@@ -1,7 +1,7 @@
 """Where one whole train step's time goes: TensorFlow's profiler on the step, time per op.
 
     python bench/step_profile.py [--model fashion_mnist|cartoon] [--config pyae-native]
-                                 [--steps 10] [--top 25]
+                                 [--steps 10] [--top 25] [--isa ...] [--policy ...]
 
 Runs the step that ``training_report.py`` times (``--config`` as there: ``tutorial``,
 ``pyae-native``, ``pyae-auto``...) on random images, then ``--steps`` more steps under
@@ -25,6 +25,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
+import run_options  # noqa: E402
 import training_report  # noqa: E402
 
 # Host events that wrap a whole step or many ops, not one op.
@@ -75,7 +76,10 @@ def main():
     parser.add_argument("--config", choices=training_report.CONFIGS, default="pyae-native")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
+    run_options.add_options(parser, "the Keras dtype policy the step runs under "
+                                    "(pyae-native-f32 is float32 whatever it says)")
     arguments = parser.parse_args()
+    run_options.apply(arguments, child=False)
     per_op, wall, note = profile(arguments.model, arguments.config, arguments.steps)
     fused = sum(ms for name, ms in per_op.items() if "PyaeFused" in name)
     print(f"{arguments.model} {arguments.config} ({note}): {wall:.1f} ms/step under the "
