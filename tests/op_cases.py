@@ -36,6 +36,11 @@ AWKWARD = [
     (2, 5, 6, 24, 88, 3, 2, "same", True),     # two column blocks: 88 = 64 + 24
     (1, 30, 23, 5, 20, 5, 2, "valid", True),   # transposed conv in bands of rows, k 5
     (1, 45, 40, 16, 8, 4, 3, "same", False),   # its dx in bands, even kernel, stride 3
+    # The filter gradient read in place, a tap at a time (unit stride, >= 16 input channels):
+    (1, 37, 35, 17, 6, 3, 1, "same", False),   # in bands of rows; 17 rows per tap, 6 filters
+    (2, 9, 7, 20, 12, 5, 1, "valid", False),   # no padding: every pixel runs every tap
+    (2, 3, 2, 16, 8, 5, 1, "same", False),     # taps no pixel reaches
+    (2, 6, 5, 8, 24, 3, 1, "same", True),      # transposed: its big image is z, 24 channels
 ]
 ALL_SHAPES = FASHION_BLOCKS + CARTOON_BLOCKS + AWKWARD
 

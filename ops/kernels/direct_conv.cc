@@ -249,10 +249,6 @@ struct PatchLayout {
   int64_t image_floats, row_floats, origin;
 };
 
-PatchLayout LayoutOf(const PaddedImages& padded) {
-  return {padded.image_floats(), padded.row_floats(), 0};
-}
-
 PatchLayout LayoutInPlace(const ConvGeometry& g) {
   const int64_t row_floats = g.big_w * g.big_c;
   return {g.big_h * row_floats, row_floats, -(g.pad_top * row_floats + g.pad_left * g.big_c)};
@@ -819,10 +815,12 @@ BlockEpilogue* BlockEpilogueAt(std::vector<BlockEpilogue>& blocks, int64_t b) {
 }
 
 // dfilter rows [row, row + kRows) (channels of one tap) += sum over `count` pixels of patch
-// value x small row.
-template <int kRows, int kVectors, bool kFull>
-void FilterGradTile(const float* padded, const int64_t* origin, int64_t count, int64_t offset,
-                    const float* small, int64_t small_stride, float* dfilter,
+// value x small row: pixel q's patch at big + origin[q] + offset, its row at small +
+// small_at[q] when kListed, else at small + q * dfilter_stride (every pixel of a run: the rows
+// are consecutive, and a pointer that steps costs less than one more load per pixel).
+template <int kRows, int kVectors, bool kFull, bool kListed>
+void FilterGradTile(const float* big, const int64_t* origin, const int64_t* small_at,
+                    int64_t count, int64_t offset, const float* small, float* dfilter,
                     int64_t dfilter_stride, LastVector last) {
   constexpr int kLanes = Simd::kLanes;
   last.full = kFull;  // a constant, so AVX2's choice of load is made outside the pixel loop
@@ -833,8 +831,8 @@ void FilterGradTile(const float* padded, const int64_t* origin, int64_t count, i
     for (int j = 0; j < kVectors; ++j) acc[r][j] = Simd::Zero();
   }
   for (int64_t q = 0; q < count; ++q) {
-    const float* a = padded + origin[q] + offset;
-    const float* s = small + q * small_stride;
+    const float* a = big + origin[q] + offset;
+    const float* s = kListed ? small + small_at[q] : small + q * dfilter_stride;
     Vec sv[kVectors];
 #pragma GCC unroll 4
     for (int j = 0; j + 1 < kVectors; ++j) sv[j] = Simd::Load(s + kLanes * j);
@@ -859,37 +857,54 @@ void FilterGradTile(const float* padded, const int64_t* origin, int64_t count, i
   }
 }
 
-using FilterGradFn = void (*)(const float*, const int64_t*, int64_t, int64_t, const float*,
-                              int64_t, float*, int64_t, LastVector);
+using FilterGradFn = void (*)(const float*, const int64_t*, const int64_t*, int64_t, int64_t,
+                              const float*, float*, int64_t, LastVector);
 
-template <int kVectors, bool kFull>
+template <int kVectors, bool kFull, bool kListed>
 FilterGradFn FilterGradFor(int64_t rows) {
   switch (rows) {
-    case 1: return FilterGradTile<1, kVectors, kFull>;
-    case 2: return FilterGradTile<2, kVectors, kFull>;
-    case 3: return FilterGradTile<3, kVectors, kFull>;
-    case 4: return FilterGradTile<4, kVectors, kFull>;
-    case 5: return FilterGradTile<5, kVectors, kFull>;
-    case 6: return FilterGradTile<6, kVectors, kFull>;
-    case 7: return FilterGradTile<7, kVectors, kFull>;
-    default: return FilterGradTile<8, kVectors, kFull>;
+    case 1: return FilterGradTile<1, kVectors, kFull, kListed>;
+    case 2: return FilterGradTile<2, kVectors, kFull, kListed>;
+    case 3: return FilterGradTile<3, kVectors, kFull, kListed>;
+    case 4: return FilterGradTile<4, kVectors, kFull, kListed>;
+    case 5: return FilterGradTile<5, kVectors, kFull, kListed>;
+    case 6: return FilterGradTile<6, kVectors, kFull, kListed>;
+    case 7: return FilterGradTile<7, kVectors, kFull, kListed>;
+    default: return FilterGradTile<8, kVectors, kFull, kListed>;
   }
 }
 
 // `full`: whether the tile's last vector is full. AVX-512's masked loads cost what plain
-// ones do, so only AVX2 keeps a variant for each.
-FilterGradFn FilterGradFor(int64_t vectors, int64_t rows, bool full) {
+// ones do, so only AVX2 keeps a variant for each. `listed`: whether the pixels' small rows
+// come from a list (FilterGradTile's kListed).
+FilterGradFn FilterGradFor(int64_t vectors, int64_t rows, bool full, bool listed) {
 #if defined(PYAE_ISA_AVX512)
   (void)full;
+  if (listed) {
+    switch (vectors) {
+      case 1: return FilterGradFor<1, false, true>(rows);
+      case 2: return FilterGradFor<2, false, true>(rows);
+      case 3: return FilterGradFor<3, false, true>(rows);
+      default: return FilterGradFor<4, false, true>(rows);
+    }
+  }
   switch (vectors) {
-    case 1: return FilterGradFor<1, false>(rows);
-    case 2: return FilterGradFor<2, false>(rows);
-    case 3: return FilterGradFor<3, false>(rows);
-    default: return FilterGradFor<4, false>(rows);
+    case 1: return FilterGradFor<1, false, false>(rows);
+    case 2: return FilterGradFor<2, false, false>(rows);
+    case 3: return FilterGradFor<3, false, false>(rows);
+    default: return FilterGradFor<4, false, false>(rows);
   }
 #else
-  if (full) return vectors == 1 ? FilterGradFor<1, true>(rows) : FilterGradFor<2, true>(rows);
-  return vectors == 1 ? FilterGradFor<1, false>(rows) : FilterGradFor<2, false>(rows);
+  if (listed) {
+    if (full) {
+      return vectors == 1 ? FilterGradFor<1, true, true>(rows) : FilterGradFor<2, true, true>(rows);
+    }
+    return vectors == 1 ? FilterGradFor<1, false, true>(rows) : FilterGradFor<2, false, true>(rows);
+  }
+  if (full) {
+    return vectors == 1 ? FilterGradFor<1, true, false>(rows) : FilterGradFor<2, true, false>(rows);
+  }
+  return vectors == 1 ? FilterGradFor<1, false, false>(rows) : FilterGradFor<2, false, false>(rows);
 #endif
 }
 
@@ -897,6 +912,81 @@ FilterGradFn FilterGradFor(int64_t vectors, int64_t rows, bool full) {
 // small image and a broadcast.
 int64_t FilterGradRows(int64_t vectors) {
   return vectors == Simd::kGradTileVectors && vectors > 1 ? 6 : 8;
+}
+
+// Input channels from which the filter gradient reads the images in place, a tap at a time:
+// below, a tap's channels are too few filter rows to fill a tile. Only at unit stride: there
+// the padding is a border all round (18% of the taps at 7x7). A strided conv's SAME padding is
+// one row and column at the end, and in place its tiles ran 7-15% slower (Fashion enc2,
+// Cartoon enc4: a tile reads one line per pixel, every other pixel of rows a power of two
+// apart, which crowd into few L1 sets; the padded copy's rows are not).
+constexpr int64_t kMinInPlaceChannels = 16;
+
+// The filter rows each tap (in place) or each kernel row (padded copy) covers.
+std::vector<FilterGradPlan::Segment> GradSegments(const ConvGeometry& g, bool in_place,
+                                                  int64_t row_floats) {
+  std::vector<FilterGradPlan::Segment> segments;
+  const int64_t span = g.kernel_w * g.big_c;
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+    if (!in_place) {
+      segments.push_back({kh * row_floats, kh * span, span, 0});
+      continue;
+    }
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      segments.push_back(
+          {kh * row_floats + kw * g.big_c, kh * span + kw * g.big_c, g.big_c, kh * g.kernel_w + kw});
+    }
+  }
+  return segments;
+}
+
+// A chunk's pixel lists: per tap, the pixels whose tap lands inside the image (in place), or
+// every pixel (padded copy).
+std::vector<FilterGradPlan::PixelList> GradPixelLists(const ConvGeometry& g, bool in_place,
+                                                      const PatchLayout& layout,
+                                                      const Chunk& chunk) {
+  const TapRanges row_taps = InsideTaps(g.small_h, g.stride_h, g.pad_top, g.big_h, g.kernel_h);
+  const TapRanges col_taps = InsideTaps(g.small_w, g.stride_w, g.pad_left, g.big_w, g.kernel_w);
+  std::vector<int64_t> origins;
+  PatchOrigins(g, layout, chunk, &origins);
+  const int64_t pixels = chunk.pixels(g);
+  std::vector<FilterGradPlan::PixelList> lists(in_place ? g.kernel_h * g.kernel_w : 1);
+  for (FilterGradPlan::PixelList& list : lists) {
+    list.origins.reserve(pixels);
+    list.small_at.reserve(pixels);
+    list.pixel.reserve(pixels);
+  }
+  for (int64_t p = 0; p < pixels; ++p) {
+    if (p % kGradPassPixels == 0) {
+      for (FilterGradPlan::PixelList& list : lists) list.pass_begin.push_back(list.pixel.size());
+    }
+    const auto& rows = row_taps[chunk.row + (p / g.small_w) % chunk.rows];
+    const auto& cols = col_taps[p % g.small_w];
+    for (size_t l = 0; l < lists.size(); ++l) {
+      const int64_t kh = l / g.kernel_w, kw = l % g.kernel_w;
+      const bool inside =
+          kh >= rows.first && kh < rows.second && kw >= cols.first && kw < cols.second;
+      if (in_place && !inside) continue;
+      lists[l].origins.push_back(origins[p]);
+      lists[l].small_at.push_back(p * g.small_c);
+      lists[l].pixel.push_back(p);
+    }
+  }
+  for (FilterGradPlan::PixelList& list : lists) list.pass_begin.push_back(list.pixel.size());
+  return lists;
+}
+
+// The entries of `list` in pass `pass`, which ends at chunk pixel `pass_end`: the plan's own
+// bounds, or, where a shorter chunk ends the pass early, the first entry past its end.
+std::pair<int64_t, int64_t> PassEntries(const FilterGradPlan::PixelList& list, int64_t pass,
+                                        int64_t pass_end) {
+  const int64_t begin = list.pass_begin[pass];
+  int64_t end = list.pass_begin[pass + 1];
+  if (end > begin && list.pixel[end - 1] >= pass_end) {
+    end = std::lower_bound(list.pixel.begin() + begin, list.pixel.begin() + end, pass_end) -
+          list.pixel.begin();
+  }
+  return {begin, end};
 }
 
 }  // namespace
@@ -989,33 +1079,84 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small,
   }
 }
 
-void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,
-                      int64_t first, int64_t end, float* dfilter) {
+FilterGradPlan MakeFilterGradPlan(const ConvGeometry& g) {
+  FilterGradPlan plan;
+  plan.in_place = g.big_c >= kMinInPlaceChannels && g.stride_h == 1 && g.stride_w == 1;
   const PaddedShape shape = PaddedBig(g);
+  const int64_t row_floats = (plan.in_place ? g.big_w : shape.padded_width) * g.big_c;
+  plan.segments = GradSegments(g, plan.in_place, row_floats);
+  // The chunks Chunks() cuts (the first one of a task's, or each band of an image).
+  std::vector<Chunk> shapes;
+  if (g.small_pixels() > kChunkPixels) {
+    plan.band_rows = std::max<int64_t>(1, kChunkPixels / g.small_w);
+    for (int64_t row = 0; row < g.small_h; row += plan.band_rows) {
+      shapes.push_back({0, 1, row, std::min(plan.band_rows, g.small_h - row)});
+    }
+  } else {
+    shapes.push_back({0, ImagesPerChunk(g), 0, g.small_h});
+  }
+  for (const Chunk& chunk : shapes) {
+    const int64_t padded_rows = chunk.padded_end(g) - chunk.padded_begin(g);
+    const PatchLayout layout = plan.in_place
+                                   ? LayoutInPlace(g)
+                                   : PatchLayout{padded_rows * row_floats, row_floats, 0};
+    plan.chunk_lists.push_back(GradPixelLists(g, plan.in_place, layout, chunk));
+  }
+  return plan;
+}
+
+void DirectFilterGrad(const ConvGeometry& g, const FilterGradPlan& plan, const float* big,
+                      const float* small, int64_t first, int64_t end, float* dfilter) {
   const std::vector<Chunk> chunks = Chunks(g, first, end);
-  PaddedImages padded(shape, PaddedFloats(g, shape, chunks));
-  std::vector<int64_t> origins;
+  const PaddedShape shape = PaddedBig(g);
+  PaddedImages padded(shape, plan.in_place ? 0 : PaddedFloats(g, shape, chunks));
   const int64_t cols = g.small_c;
-  // Each kernel row's taps x channels are contiguous in the padded image and in dfilter.
-  const int64_t span = g.kernel_w * g.big_c;
-  for (const Chunk& chunk : chunks) {
-    FillChunk(g, big, chunk, &padded);
-    PatchOrigins(g, LayoutOf(padded), chunk, &origins);
+  std::vector<std::pair<int64_t, int64_t>> entries(plan.chunk_lists[0].size());
+  Prefetcher prefetch;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const Chunk& chunk = chunks[c];
+    const float* base = ChunkBase(g, big, chunk);
+    if (!plan.in_place) {
+      FillChunk(g, big, chunk, &padded);
+      base = padded.data();
+    }
+    // In place, the tiles' scattered reads of a chunk not yet in cache would each wait on L3:
+    // the next chunk is brought in while this one computes, as the forward does.
+    const int64_t segment_steps = static_cast<int64_t>(plan.segments.size()) *
+                                  ((chunk.pixels(g) + kGradPassPixels - 1) / kGradPassPixels) *
+                                  ((cols + kGradTileCols - 1) / kGradTileCols);
+    if (plan.in_place && c + 1 < chunks.size()) {
+      prefetch.Start(ChunkSource(g, big, chunks[c + 1]), segment_steps);
+    } else {
+      prefetch.Start({big, big}, 1);
+    }
+    const auto& lists = plan.chunk_lists[plan.band_rows > 0 ? chunk.row / plan.band_rows : 0];
     const float* rows = small + chunk.first_pixel(g) * cols;
     const int64_t pixels = chunk.pixels(g);
-    for (int64_t q = 0; q < pixels; q += kGradPassPixels) {
-      const int64_t count = std::min(kGradPassPixels, pixels - q);
+    for (int64_t q = 0, pass = 0; q < pixels; q += kGradPassPixels, ++pass) {
+      for (size_t l = 0; l < lists.size(); ++l) {
+        entries[l] = PassEntries(lists[l], pass, std::min(q + kGradPassPixels, pixels));
+      }
       for (int64_t col = 0; col < cols; col += kGradTileCols) {
         const int64_t width = std::min(kGradTileCols, cols - col);
         const int64_t vectors = VectorsFor(width);
         const int64_t tile = FilterGradRows(vectors);
         const LastVector last = LastVectorOf(width);
-        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-          for (int64_t s = 0; s < span; s += tile) {
-            FilterGradFor(vectors, std::min(tile, span - s), last.full)(
-                padded.data(), origins.data() + q, count, kh * padded.row_floats() + s,
-                rows + q * cols + col, cols, dfilter + (kh * span + s) * cols + col, cols,
-                last);
+        for (const FilterGradPlan::Segment& segment : plan.segments) {
+          const FilterGradPlan::PixelList& list = lists[segment.list];
+          const auto [begin, stop] = entries[segment.list];
+          prefetch.Step();
+          if (stop == begin) continue;
+          // Tiles of equal height (64 rows in 6 + 6 + ... + 4 would end on a thin tile).
+          const int64_t tiles = (segment.length + tile - 1) / tile;
+          for (int64_t t = 0, s = 0; t < tiles; ++t) {
+            const int64_t height = (segment.length - s) / (tiles - t);
+            // Padded, every pixel is listed: the rows from `begin` on are consecutive.
+            FilterGradFor(vectors, height, last.full, plan.in_place)(
+                base, list.origins.data() + begin, list.small_at.data() + begin, stop - begin,
+                segment.offset + s, rows + col + (plan.in_place ? 0 : begin * cols),
+                dfilter + (segment.filter_row + s) * cols + col, cols, last);
+            s += height;
           }
         }
       }
@@ -1040,8 +1181,10 @@ void DirectConvTranspose(const ConvGeometry&, const float*, const PackedFilter&,
   std::abort();
 }
 
-void DirectFilterGrad(const ConvGeometry&, const float*, const float*, int64_t, int64_t,
-                      float*) {
+FilterGradPlan MakeFilterGradPlan(const ConvGeometry&) { std::abort(); }
+
+void DirectFilterGrad(const ConvGeometry&, const FilterGradPlan&, const float*, const float*,
+                      int64_t, int64_t, float*) {
   std::abort();
 }
 

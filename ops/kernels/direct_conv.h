@@ -5,7 +5,8 @@
 // own panel layout; here a tile of output pixels broadcasts its input values straight from
 // the images, so each input value is read from cache, never copied. Pixels are sorted by which
 // kernel taps land inside the image, and each runs only those: none reads or multiplies
-// padding. (The transposed conv and the filter gradient still read a zero-padded copy.)
+// padding. (The transposed conv, and the filter gradient at few input channels, read a
+// zero-padded copy.)
 // Geometry as in conv_geometry.h: one conv from the big image to the small one, with the
 // filter viewed as a [patch_size, small_c] matrix.
 #pragma once
@@ -87,9 +88,39 @@ void DirectConvTranspose(const ConvGeometry& g, const float* small, const Packed
                          int64_t first, int64_t end, float* big, const RowsCallback& on_rows,
                          TileEpilogue* epilogue = nullptr);
 
+// Which small pixels each filter-gradient tile reads, for every chunk DirectFilterGrad meets:
+// made once per call by MakeFilterGradPlan, shared read-only by the call's tasks.
+//
+// At unit stride with 16 or more input channels the tiles read the big images where they lie,
+// one kernel tap at a time, and each tile runs only the pixels whose tap lands inside the
+// image, as the forward does (a 7x7 image at kernel 3 spends 18% of its multiplies on padding
+// otherwise, and a padded copy costs a pass over the images). Otherwise (direct_conv.cc says
+// why) the tiles span a whole kernel row of a zero-padded copy, every pixel.
+struct FilterGradPlan {
+  // Filter rows [filter_row, filter_row + length), read at `offset` floats from each patch
+  // origin of the pixels in list `list`; the tiles cut it into runs of their own height.
+  struct Segment {
+    int64_t offset, filter_row, length, list;
+  };
+  // Pixels of a chunk in order: their patch origins (from the chunk's base), their small
+  // rows (floats from the chunk's first), their index in the chunk, and where each pass of
+  // the chunk's pixels starts in the list (one entry more than passes).
+  struct PixelList {
+    std::vector<int64_t> origins, small_at, pixel, pass_begin;
+  };
+  bool in_place = false;
+  std::vector<Segment> segments;
+  // Chunks of whole images: one entry, whose lists a shorter chunk cuts short. Bands of one
+  // image's rows (band_rows > 0): an entry per band.
+  int64_t band_rows = 0;
+  std::vector<std::vector<PixelList>> chunk_lists;
+};
+
+FilterGradPlan MakeFilterGradPlan(const ConvGeometry& g);
+
 // dfilter[patch_size, small_c] += patches(big)^T x small, over images [first, end).
-void DirectFilterGrad(const ConvGeometry& g, const float* big, const float* small,
-                      int64_t first, int64_t end, float* dfilter);
+void DirectFilterGrad(const ConvGeometry& g, const FilterGradPlan& plan, const float* big,
+                      const float* small, int64_t first, int64_t end, float* dfilter);
 
 }  // namespace PYAE_ISA_NS
 }  // namespace pyae

@@ -356,11 +356,12 @@ std::unique_ptr<DxFilters> MakeDxFilters(const ConvGeometry& g, const float* ker
   return filters;
 }
 
-// dfilter += patches(big)^T x small over images [first, end).
-void AccumulateFilterGrad(const ConvGeometry& g, const float* big, const float* small,
-                          int64_t first, int64_t end, float* dfilter) {
+// dfilter += patches(big)^T x small over images [first, end); `plan` is the direct kernel's
+// (unused without it).
+void AccumulateFilterGrad(const ConvGeometry& g, const FilterGradPlan& plan, const float* big,
+                          const float* small, int64_t first, int64_t end, float* dfilter) {
   if (DirectConvAvailable()) {
-    DirectFilterGrad(g, big, small, first, end, dfilter);
+    DirectFilterGrad(g, plan, big, small, first, end, dfilter);
     return;
   }
   const int64_t patch = g.patch_size();
@@ -391,14 +392,15 @@ void ScatterDx(const ConvGeometry& g, const float* dz, const float* kernel, int6
 template <bool kInvert>
 void ConvBackwardBlock(const ConvGeometry& g, const Preactivation<kInvert>& pre,
                        const float* x, const float* kernel, const DxFilters& dx_filters,
-                       int64_t first, int64_t end, float* dx, float* dkernel_partial) {
+                       const FilterGradPlan& grad_plan, int64_t first, int64_t end, float* dx,
+                       float* dkernel_partial) {
   const int64_t channels = g.z_channels();
   const int64_t z_rows = (end - first) * g.z_pixels();
   Scratch dz_block(z_rows * channels);
   ComputeDz(pre, first * g.z_pixels(), z_rows, channels, dz_block.data());
   const float* dz = dz_block.data() - first * g.z_pixels() * channels;
   // Transposed, z is the big image of the conv; else x is.
-  AccumulateFilterGrad(g, g.transpose ? dz : x, g.transpose ? x : dz, first, end,
+  AccumulateFilterGrad(g, grad_plan, g.transpose ? dz : x, g.transpose ? x : dz, first, end,
                        dkernel_partial);
   if (dx == nullptr) return;
   Scratch cols;
@@ -438,14 +440,15 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
   // Guided in chunks of the conv's own: tasks of a few small images would run short tiles.
   const ImageBlocks conv_blocks =
       DirectConvAvailable() ? GuidedBlocks(g.batch, DirectChunkImages(g), runtime) : blocks;
+  const FilterGradPlan grad_plan = DirectConvAvailable() ? MakeFilterGradPlan(g) : FilterGradPlan{};
   // Each task zeroes its own partial: in parallel, and into the cache of the core that then
   // accumulates into it (a zeroed vector here was a serial pass over megabytes per call).
   Scratch kernel_partials(conv_blocks.count() * kernel_size);
   runtime.run_tasks(conv_blocks.count(), [&](int64_t b) {
     float* partial = kernel_partials.data() + b * kernel_size;
     std::fill_n(partial, kernel_size, 0.0f);
-    ConvBackwardBlock(g, pre, x, kernel, *dx_filters, conv_blocks.begin(b), conv_blocks.end(b),
-                      dx, partial);
+    ConvBackwardBlock(g, pre, x, kernel, *dx_filters, grad_plan, conv_blocks.begin(b),
+                      conv_blocks.end(b), dx, partial);
   });
   SumPartialsInSlices(kernel_partials.data(), conv_blocks.count(), kernel_size, runtime,
                       dkernel);
