@@ -47,6 +47,15 @@ def native_unavailable_reason():
         return f"build_info() failed: {err}"
 
 
+def needs_native():
+    """The pybind11 module of the native kernels; skips where the op library is not built."""
+    if not native_available():
+        pytest.skip(f"native op library not available: {native_unavailable_reason()}")
+    from pyae import _native  # pylint: disable=import-outside-toplevel
+
+    return _native
+
+
 @pytest.fixture(params=["native", "tf"])
 def impl(request):
     """Runs a test on the native op and on the pure-TF fallback."""

@@ -17,6 +17,7 @@ from pyae.ops import _loader
 
 import reference
 from _python import same_pyae_env
+from conftest import needs_native
 from op_cases import (ALL_SHAPES, AWKWARD, CARTOON_BLOCKS, FASHION_BLOCKS, make_inputs, op_attrs,
                       shape_id)
 
@@ -29,14 +30,6 @@ def assert_close(actual, expected, rtol=2e-5, name=""):
     scale = max(np.max(np.abs(expected)), 1e-6)
     error = np.max(np.abs(actual - expected)) / scale
     assert error < rtol, f"{name}: relative error {error:.2e} >= {rtol:.0e}"
-
-
-def needs_native():
-    if not pyae.ops.native_available():
-        pytest.skip("the native op library is not built in this environment")
-    from pyae import _native  # pylint: disable=import-outside-toplevel
-
-    return _native
 
 
 # --- pyae._native against the float64 numpy reference -------------------------------------

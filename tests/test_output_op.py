@@ -19,6 +19,8 @@ import tensorflow as tf
 
 import pyae.ops
 
+from conftest import needs_native
+
 # (batch, height, width, in_channels, out_channels, stride): the models' two output layers at
 # lean sizes, and awkward ones (odd channel counts, odd spatial sizes, unequal strides).
 CASES = [
@@ -111,14 +113,6 @@ def test_native_inside_xla_is_a_clear_error_and_auto_runs_the_composite(rng):
 U = 2.0 ** -8
 SUM_EPS = 2.0 ** -14
 F32_RTOL = 2e-5
-
-
-def needs_native():
-    if not pyae.ops.native_available():
-        pytest.skip("the native op library is not built in this environment")
-    from pyae import _native  # pylint: disable=import-outside-toplevel
-
-    return _native
 
 
 def pad_before(small, stride, kernel):

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -19,15 +18,6 @@
 
 namespace pyae {
 namespace avx512bf16 {
-
-// float32 -> bf16, rounded to nearest even (as TensorFlow's cast); NaN stays a quiet NaN.
-inline Bf16 RoundToBf16(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<Bf16>((bits >> 16) | 0x40);
-  bits += 0x7FFFu + ((bits >> 16) & 1u);
-  return static_cast<Bf16>(bits >> 16);
-}
 
 // Uninitialised bf16 storage, fully written before it is read.
 class Bf16Buffer {

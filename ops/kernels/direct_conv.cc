@@ -6,6 +6,7 @@
 #include <deque>
 #include <utility>
 
+#include "bf16.h"
 #include "scratch.h"
 
 #if defined(PYAE_ISA_AVX512) || defined(PYAE_ISA_AVX2)
@@ -14,6 +15,8 @@
 #endif
 
 #include "isa_target.h"  // after every other include
+
+#include "isa_simd.h"  // compiled for this path: after the pragma
 
 namespace pyae {
 namespace PYAE_ISA_NS {
@@ -66,34 +69,12 @@ bool DirectConvAvailable() { return true; }
 
 namespace {
 
-// The vector type the tiles compute with: one register's floats, the masked loads and stores
-// of a partial vector, and the few operations the kernels need.
+// Vectors per register tile (isa_simd.h has the vector type).
 #if defined(PYAE_ISA_AVX512)
 // 32 zmm registers of 16 floats: a tile covers a whole column block (up to 4 vectors), with
 // its filter row in registers.
-struct Simd {
-  using Vec = __m512;
-  using Mask = __mmask16;
-  static constexpr int kLanes = 16;
-  static constexpr int kTileVectors = 4;
-  static constexpr int kGradTileVectors = 4;
-  static Mask FirstLanes(int64_t lanes) {
-    return lanes >= kLanes ? static_cast<Mask>(0xFFFF) : static_cast<Mask>((1u << lanes) - 1);
-  }
-  static Vec Zero() { return _mm512_setzero_ps(); }
-  static Vec Broadcast(float value) { return _mm512_set1_ps(value); }
-  static Vec Load(const float* p) { return _mm512_loadu_ps(p); }
-  static void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
-  // A masked access costs what a plain one does: `full` is not needed.
-  static Vec LoadPart(Mask mask, bool, const float* p) { return _mm512_maskz_loadu_ps(mask, p); }
-  static void StorePart(float* p, Mask mask, bool, Vec v) { _mm512_mask_storeu_ps(p, mask, v); }
-  static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-  static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
-  static Vec LeakyRelu(Vec u, Vec slope) {
-    const Mask negative = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LE_OQ);
-    return _mm512_mask_mul_ps(u, negative, u, slope);
-  }
-};
+constexpr int kTileVectors = 4;
+constexpr int kGradTileVectors = 4;
 #else
 // 16 ymm registers of 8 floats. A conv tile covers 32 columns (4 vectors) of a block for 3
 // pixels: 12 accumulators, a broadcast and the filter row (three vectors in registers, the
@@ -102,46 +83,16 @@ struct Simd {
 // patch half as often: forward and dx measured 5-18% faster on Zen 4. The filter gradient
 // keeps 6 x 16 tiles (6 filter rows x 2 vectors of small-image row), which measured faster
 // there than 3 x 32.
-struct Simd {
-  using Vec = __m256;
-  using Mask = __m256i;  // AVX2's masked moves take a vector of lane masks
-  static constexpr int kLanes = 8;
-  static constexpr int kTileVectors = 4;
-  static constexpr int kGradTileVectors = 2;
-  static Mask FirstLanes(int64_t lanes) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(lanes, 8))),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-  static Vec Zero() { return _mm256_setzero_ps(); }
-  static Vec Broadcast(float value) { return _mm256_set1_ps(value); }
-  static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
-  static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
-  // vmaskmovps is slow on some CPUs (AMD Zen 2/3 stores): used for partial vectors only.
-  static Vec LoadPart(Mask mask, bool full, const float* p) {
-    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
-  }
-  static void StorePart(float* p, Mask mask, bool full, Vec v) {
-    if (full) {
-      _mm256_storeu_ps(p, v);
-    } else {
-      _mm256_maskstore_ps(p, mask, v);
-    }
-  }
-  static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
-  static Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
-  static Vec LeakyRelu(Vec u, Vec slope) {
-    const Vec negative = _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_LE_OQ);
-    return _mm256_blendv_ps(u, _mm256_mul_ps(u, slope), negative);
-  }
-};
+constexpr int kTileVectors = 4;
+constexpr int kGradTileVectors = 2;
 #endif
 
 using Vec = Simd::Vec;
 using Mask = Simd::Mask;
 
 // Columns one register tile covers.
-constexpr int64_t kTileCols = Simd::kLanes * Simd::kTileVectors;
-constexpr int64_t kGradTileCols = Simd::kLanes * Simd::kGradTileVectors;
+constexpr int64_t kTileCols = Simd::kLanes * kTileVectors;
+constexpr int64_t kGradTileCols = Simd::kLanes * kGradTileVectors;
 
 // The last vector of a run of `cols` columns (1 to kTileCols): its lane mask, and whether it
 // is full.
@@ -717,7 +668,7 @@ template <typename Visit>
 void ForEachColumnTiles(int64_t width, Visit visit) {
   const int64_t full = width / kTileCols;
   if (full > 0) {
-    WithTileShape(Simd::kTileVectors, [&](auto tile) {
+    WithTileShape(kTileVectors, [&](auto tile) {
       visit(ColumnTiles{0, full, LastVectorOf(kTileCols)}, tile);
     });
   }
@@ -913,7 +864,7 @@ FilterGradFn FilterGradFor(int64_t vectors, int64_t rows, bool full, bool listed
 // Filter rows per filter-gradient tile: 8-24 accumulators (AVX2: 8-12), plus a row of the
 // small image and a broadcast.
 int64_t FilterGradRows(int64_t vectors) {
-  return vectors == Simd::kGradTileVectors && vectors > 1 ? 6 : 8;
+  return vectors == kGradTileVectors && vectors > 1 ? 6 : 8;
 }
 
 // Input channels from which the filter gradient reads the images in place, a tap at a time:

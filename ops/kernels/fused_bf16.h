@@ -22,14 +22,12 @@
 #include <cstdint>
 #include <string>
 
+#include "bf16.h"
 #include "conv_geometry.h"
 #include "fused_conv_bn_lrelu.h"
 #include "parallel.h"
 
 namespace pyae {
-
-// bfloat16 bits: the upper half of an IEEE float32 (TensorFlow's and ml_dtypes' layout).
-using Bf16 = uint16_t;
 
 enum class Bf16Path { kNone = 0, kAvx512Bf16 = 1 };
 

@@ -1,6 +1,6 @@
 // The output op's kernels (output_conv.h), compiled once per path into pyae::PYAE_ISA_NS
-// (isa_target.h): AVX-512 and AVX2 vectors over the input channels, the generic path the same
-// loops on an 8-float array the compiler vectorises for the baseline.
+// (isa_target.h): vectors over the input channels (isa_simd.h: AVX-512, AVX2, or on the generic
+// path an 8-float array the compiler vectorises for the baseline).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bf16.h"
 #include "output_conv.h"
 
 #if defined(PYAE_ISA_AVX512) || defined(PYAE_ISA_AVX2)
@@ -15,6 +16,8 @@
 #endif
 
 #include "isa_target.h"  // after every other include
+
+#include "isa_simd.h"  // compiled for this path: after the pragma
 
 namespace pyae {
 namespace PYAE_ISA_NS {
@@ -26,136 +29,11 @@ inline float FromBits(uint32_t bits) {
   return value;
 }
 
-inline uint32_t ToBits(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return bits;
-}
-
-// One value to and from its storage type: float32 as it is, bfloat16 rounded to nearest even
-// (a NaN stays a quiet NaN).
+// One value to and from its storage type (bf16.h's conversions), for the templates.
 inline float ToFloat(float value) { return value; }
-inline float ToFloat(OutputBf16 value) { return FromBits(static_cast<uint32_t>(value) << 16); }
+inline float ToFloat(Bf16 value) { return WidenBf16(value); }
 inline void FromFloat(float value, float* to) { *to = value; }
-inline void FromFloat(float value, OutputBf16* to) {
-  const uint32_t bits = ToBits(value);
-  if (std::isnan(value)) {
-    *to = static_cast<OutputBf16>((bits >> 16) | 0x40);
-    return;
-  }
-  *to = static_cast<OutputBf16>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
-}
-
-// The vector the channels are computed in: a register's floats, loaded from and stored to
-// float32 or bfloat16, and the horizontal sum.
-#if defined(PYAE_ISA_AVX512)
-struct Simd {
-  using Vec = __m512;
-  static constexpr int kLanes = 16;
-  static Vec Zero() { return _mm512_setzero_ps(); }
-  static Vec Broadcast(float value) { return _mm512_set1_ps(value); }
-  static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-  static Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
-  // Halves folded by shuffles: _mm512_reduce_add_ps and the plain conversions start from
-  // _mm512_undefined, which GCC 12 warns about (hence the maskz forms below too).
-  static float Sum(Vec v) {
-    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0x4E));
-    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0xB1));
-    __m128 quarter = _mm512_maskz_extractf32x4_ps(0xF, v, 0);
-    quarter = _mm_add_ps(quarter, _mm_movehl_ps(quarter, quarter));
-    quarter = _mm_add_ss(quarter, _mm_movehdup_ps(quarter));
-    return _mm_cvtss_f32(quarter);
-  }
-  static Vec Load(const float* p) { return _mm512_loadu_ps(p); }
-  static Vec Load(const OutputBf16* p) {
-    const __m512i wide = _mm512_maskz_cvtepu16_epi32(
-        0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
-  }
-  static void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
-  static void Store(OutputBf16* p, Vec v) {
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i odd =
-        _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, bits, 16), _mm512_set1_epi32(1));
-    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    rounded = _mm512_mask_mov_epi32(rounded, nan,
-                                    _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm512_maskz_cvtepi32_epi16(0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, rounded, 16)));
-  }
-};
-#elif defined(PYAE_ISA_AVX2)
-struct Simd {
-  using Vec = __m256;
-  static constexpr int kLanes = 8;
-  static Vec Zero() { return _mm256_setzero_ps(); }
-  static Vec Broadcast(float value) { return _mm256_set1_ps(value); }
-  static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
-  static Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
-  static float Sum(Vec v) {
-    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    half = _mm_add_ss(half, _mm_movehdup_ps(half));
-    return _mm_cvtss_f32(half);
-  }
-  static Vec Load(const float* p) { return _mm256_loadu_ps(p); }
-  static Vec Load(const OutputBf16* p) {
-    const __m256i wide =
-        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-  }
-  static void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
-  static void Store(OutputBf16* p, Vec v) {
-    const __m256i bits = _mm256_castps_si256(v);
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    const __m256i rounded =
-        _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF)));
-    const __m256i quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x400000));
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    const __m256i upper = _mm256_srli_epi32(_mm256_blendv_epi8(rounded, quiet, nan), 16);
-    // packus works within 128-bit lanes: gather the two lanes' halves into the low 128 bits.
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(upper, upper), 0xD8);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
-  }
-};
-#else
-struct Simd {
-  struct Vec {
-    float lane[8];
-  };
-  static constexpr int kLanes = 8;
-  static Vec Zero() { return Broadcast(0.0f); }
-  static Vec Broadcast(float value) {
-    Vec v;
-    for (float& lane : v.lane) lane = value;
-    return v;
-  }
-  static Vec Fmadd(Vec a, Vec b, Vec c) {
-    for (int i = 0; i < kLanes; ++i) c.lane[i] += a.lane[i] * b.lane[i];
-    return c;
-  }
-  static Vec Add(Vec a, Vec b) {
-    for (int i = 0; i < kLanes; ++i) a.lane[i] += b.lane[i];
-    return a;
-  }
-  static float Sum(Vec v) {
-    float sum = 0.0f;
-    for (float lane : v.lane) sum += lane;
-    return sum;
-  }
-  template <typename T>
-  static Vec Load(const T* p) {
-    Vec v;
-    for (int i = 0; i < kLanes; ++i) v.lane[i] = ToFloat(p[i]);
-    return v;
-  }
-  template <typename T>
-  static void Store(T* p, Vec v) {
-    for (int i = 0; i < kLanes; ++i) FromFloat(v.lane[i], p + i);
-  }
-};
-#endif
+inline void FromFloat(float value, Bf16* to) { *to = RoundToBf16(value); }
 
 using Vec = Simd::Vec;
 constexpr int kLanes = Simd::kLanes;
@@ -632,7 +510,7 @@ void Backward(const OutputConvParams& params, const Runtime& runtime, const T* d
 
 const OutputConvKernels& OutputKernels() {
   static const OutputConvKernels kernels = {
-      &Forward<float>, &Forward<OutputBf16>, &Backward<float>, &Backward<OutputBf16>};
+      &Forward<float>, &Forward<Bf16>, &Backward<float>, &Backward<Bf16>};
   return kernels;
 }
 

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <string>
 
+#include "bf16.h"
 #include "conv_geometry.h"
 #include "parallel.h"
 
@@ -30,9 +31,6 @@ struct OutputConvParams {
   ConvGeometry geometry;  // transpose = true, SAME padding
   OutputActivation activation = OutputActivation::kSigmoid;
 };
-
-// bfloat16 values as their bits: the upper half of a float32.
-using OutputBf16 = uint16_t;
 
 // "sigmoid" or "linear".
 std::string ParseOutputActivation(const std::string& text, OutputActivation* activation);
@@ -46,8 +44,8 @@ std::string MakeOutputConvParams(const int64_t x_shape[4], const int64_t kernel_
 std::string OutputConvForward(const OutputConvParams& params, const Runtime& runtime,
                               const float* x, const float* kernel, const float* bias, float* y);
 std::string OutputConvForward(const OutputConvParams& params, const Runtime& runtime,
-                              const OutputBf16* x, const float* kernel, const float* bias,
-                              OutputBf16* y);
+                              const Bf16* x, const float* kernel, const float* bias,
+                              Bf16* y);
 
 // From dy and the forward's y (the activation's derivative is taken from y): dx like x,
 // dkernel like kernel, dbias [out].
@@ -55,21 +53,21 @@ std::string OutputConvBackward(const OutputConvParams& params, const Runtime& ru
                                const float* dy, const float* y, const float* x,
                                const float* kernel, float* dx, float* dkernel, float* dbias);
 std::string OutputConvBackward(const OutputConvParams& params, const Runtime& runtime,
-                               const OutputBf16* dy, const OutputBf16* y, const OutputBf16* x,
-                               const float* kernel, OutputBf16* dx, float* dkernel,
+                               const Bf16* dy, const Bf16* y, const Bf16* x,
+                               const float* kernel, Bf16* dx, float* dkernel,
                                float* dbias);
 
 // The kernels of one path (output_conv.cc is compiled once per path, into pyae::<path>).
 struct OutputConvKernels {
   void (*forward)(const OutputConvParams&, const Runtime&, const float* x, const float* kernel,
                   const float* bias, float* y);
-  void (*forward_bf16)(const OutputConvParams&, const Runtime&, const OutputBf16* x,
-                       const float* kernel, const float* bias, OutputBf16* y);
+  void (*forward_bf16)(const OutputConvParams&, const Runtime&, const Bf16* x,
+                       const float* kernel, const float* bias, Bf16* y);
   void (*backward)(const OutputConvParams&, const Runtime&, const float* dy, const float* y,
                    const float* x, const float* kernel, float* dx, float* dkernel, float* dbias);
-  void (*backward_bf16)(const OutputConvParams&, const Runtime&, const OutputBf16* dy,
-                        const OutputBf16* y, const OutputBf16* x, const float* kernel,
-                        OutputBf16* dx, float* dkernel, float* dbias);
+  void (*backward_bf16)(const OutputConvParams&, const Runtime&, const Bf16* dy,
+                        const Bf16* y, const Bf16* x, const float* kernel,
+                        Bf16* dx, float* dkernel, float* dbias);
 };
 
 namespace avx512 {

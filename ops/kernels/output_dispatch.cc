@@ -55,8 +55,8 @@ std::string OutputConvForward(const OutputConvParams& params, const Runtime& run
 }
 
 std::string OutputConvForward(const OutputConvParams& params, const Runtime& runtime,
-                              const OutputBf16* x, const float* kernel, const float* bias,
-                              OutputBf16* y) {
+                              const Bf16* x, const float* kernel, const float* bias,
+                              Bf16* y) {
   std::string error;
   const OutputConvKernels* kernels = ActiveOutputKernels(&error);
   if (kernels != nullptr) kernels->forward_bf16(params, runtime, x, kernel, bias, y);
@@ -73,8 +73,8 @@ std::string OutputConvBackward(const OutputConvParams& params, const Runtime& ru
 }
 
 std::string OutputConvBackward(const OutputConvParams& params, const Runtime& runtime,
-                               const OutputBf16* dy, const OutputBf16* y, const OutputBf16* x,
-                               const float* kernel, OutputBf16* dx, float* dkernel,
+                               const Bf16* dy, const Bf16* y, const Bf16* x,
+                               const float* kernel, Bf16* dx, float* dkernel,
                                float* dbias) {
   std::string error;
   const OutputConvKernels* kernels = ActiveOutputKernels(&error);

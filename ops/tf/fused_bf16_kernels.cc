@@ -16,14 +16,6 @@ namespace {
 
 using ::tensorflow::bfloat16;
 
-// bfloat16 tensors as the kernels' bits (Eigen's bfloat16 is the upper half of a float32).
-const Bf16* Bits(const Tensor& t) {
-  static_assert(sizeof(bfloat16) == sizeof(Bf16), "bfloat16 must be 16 bits");
-  return reinterpret_cast<const Bf16*>(t.flat<bfloat16>().data());
-}
-
-Bf16* MutableBits(Tensor* t) { return reinterpret_cast<Bf16*>(t->flat<bfloat16>().data()); }
-
 const float* Floats(const Tensor& t) { return t.flat<float>().data(); }
 
 // A workspace of `count` values from TensorFlow's allocator (which reuses its memory from step
@@ -55,12 +47,12 @@ class FusedBf16Op : public FusedOpBase {
     Tensor z;
     Bf16Workspace workspace;
     OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, ZValues(params.geometry), &z, &workspace.z));
-    const std::string err = FusedForwardBf16(
-        params, crew->AsRuntime(), Bits(ctx->input(0)), Floats(ctx->input(1)),
-        Floats(ctx->input(2)), Floats(ctx->input(3)), Floats(ctx->input(4)),
-        Floats(ctx->input(5)), MutableBits(y), mean->flat<float>().data(),
-        variance->flat<float>().data(), workspace);
-    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+    OP_REQUIRES_OK(ctx, ContractStatus(FusedForwardBf16(
+                            params, crew->AsRuntime(), Values<bfloat16>(ctx->input(0)),
+                            Floats(ctx->input(1)), Floats(ctx->input(2)), Floats(ctx->input(3)),
+                            Floats(ctx->input(4)), Floats(ctx->input(5)),
+                            MutableValues<bfloat16>(y), mean->flat<float>().data(),
+                            variance->flat<float>().data(), workspace)));
   }
 };
 
@@ -85,13 +77,15 @@ class FusedBf16GradOp : public FusedOpBase {
                               params.negative_slope)) {
       OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, ZValues(g), &z, &workspace.z));
     }
-    const std::string err = FusedBackwardBf16(
-        params, crew->AsRuntime(), Bits(ctx->input(0)), Bits(ctx->input(1)),
-        Floats(ctx->input(2)), Floats(ctx->input(3)), Floats(ctx->input(4)),
-        Bits(ctx->input(5)), Floats(ctx->input(6)), Floats(ctx->input(7)),
-        grads[0] != nullptr ? MutableBits(grads[0]) : nullptr, grads[1]->flat<float>().data(),
-        grads[2]->flat<float>().data(), grads[3]->flat<float>().data(), workspace);
-    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+    OP_REQUIRES_OK(ctx, ContractStatus(FusedBackwardBf16(
+                            params, crew->AsRuntime(), Values<bfloat16>(ctx->input(0)),
+                            Values<bfloat16>(ctx->input(1)), Floats(ctx->input(2)),
+                            Floats(ctx->input(3)), Floats(ctx->input(4)),
+                            Values<bfloat16>(ctx->input(5)), Floats(ctx->input(6)),
+                            Floats(ctx->input(7)),
+                            grads[0] != nullptr ? MutableValues<bfloat16>(grads[0]) : nullptr,
+                            grads[1]->flat<float>().data(), grads[2]->flat<float>().data(),
+                            grads[3]->flat<float>().data(), workspace)));
   }
 };
 

@@ -37,12 +37,12 @@ class FusedConvBnLeakyReluOp : public FusedOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ZShape(params.geometry), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({channels}), &mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({channels}), &variance));
-    const std::string err = FusedForward(
-        params, crew->AsRuntime(), x.flat<float>().data(), kernel.flat<float>().data(),
-        ctx->input(2).flat<float>().data(), ctx->input(3).flat<float>().data(),
-        ctx->input(4).flat<float>().data(), ctx->input(5).flat<float>().data(),
-        y->flat<float>().data(), mean->flat<float>().data(), variance->flat<float>().data());
-    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+    OP_REQUIRES_OK(ctx, ContractStatus(FusedForward(
+                            params, crew->AsRuntime(), x.flat<float>().data(),
+                            kernel.flat<float>().data(), ctx->input(2).flat<float>().data(),
+                            ctx->input(3).flat<float>().data(), ctx->input(4).flat<float>().data(),
+                            ctx->input(5).flat<float>().data(), y->flat<float>().data(),
+                            mean->flat<float>().data(), variance->flat<float>().data())));
   }
 };
 
@@ -62,15 +62,15 @@ class FusedConvBnLeakyReluGradOp : public FusedOpBase {
     OP_REQUIRES_OK(ctx, AllocateGradOutputs(ctx, params.geometry.z_channels(), grads,
                                             /*skip_unused_dx=*/true));
     Tensor *dx = grads[0], *dkernel = grads[1], *dgamma = grads[2], *dbeta = grads[3];
-    const std::string err = FusedBackward(
-        params, crew->AsRuntime(), dy.flat<float>().data(), x.flat<float>().data(),
-        kernel.flat<float>().data(), ctx->input(3).flat<float>().data(),
-        ctx->input(4).flat<float>().data(), y.flat<float>().data(),
-        ctx->input(6).flat<float>().data(), ctx->input(7).flat<float>().data(),
-        dx != nullptr ? dx->flat<float>().data() : nullptr, dkernel->flat<float>().data(),
-        dgamma->flat<float>().data(),
-        dbeta->flat<float>().data());
-    OP_REQUIRES(ctx, err.empty(), absl::InvalidArgumentError(err));
+    OP_REQUIRES_OK(ctx, ContractStatus(FusedBackward(
+                            params, crew->AsRuntime(), dy.flat<float>().data(),
+                            x.flat<float>().data(), kernel.flat<float>().data(),
+                            ctx->input(3).flat<float>().data(), ctx->input(4).flat<float>().data(),
+                            y.flat<float>().data(), ctx->input(6).flat<float>().data(),
+                            ctx->input(7).flat<float>().data(),
+                            dx != nullptr ? dx->flat<float>().data() : nullptr,
+                            dkernel->flat<float>().data(), dgamma->flat<float>().data(),
+                            dbeta->flat<float>().data())));
   }
 };
 

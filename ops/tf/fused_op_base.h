@@ -10,6 +10,7 @@
 
 #include "conv_geometry.h"
 #include "fused_conv_bn_lrelu.h"
+#include "kernel_args.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -38,7 +39,6 @@ class FusedOpBase : public OpKernel {
     OP_REQUIRES(ctx, strides.size() == 2,
                 absl::InvalidArgumentError("strides must have 2 elements, got " +
                                            std::to_string(strides.size())));
-    // The kernel contract (conv_geometry.h) judges the values; TF only wraps its message.
     OP_REQUIRES_OK(ctx, ContractStatus(CheckStrides(strides[0], strides[1])));
     OP_REQUIRES_OK(ctx, ContractStatus(CheckOpParams(params_.epsilon, params_.negative_slope)));
     OP_REQUIRES_OK(ctx, ContractStatus(ParsePadding(padding, &padding_)));
@@ -47,10 +47,6 @@ class FusedOpBase : public OpKernel {
   }
 
  protected:
-  static absl::Status ContractStatus(const std::string& err) {
-    return err.empty() ? absl::OkStatus() : absl::InvalidArgumentError(err);
-  }
-
   // Fills params->geometry from x and kernel, or says why they disagree.
   absl::Status MakeParams(const Tensor& x, const Tensor& kernel, FusedParams* params) const {
     if (x.dims() != 4) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cpu_crew.h"
+#include "kernel_args.h"
 #include "output_conv.h"
 #include "parallel.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -19,31 +20,6 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 
-// The kernels' element type for a tensor's: float32 as it is, bfloat16 as its bits.
-template <typename T>
-struct Storage {
-  using type = float;
-};
-template <>
-struct Storage<::tensorflow::bfloat16> {
-  using type = OutputBf16;
-};
-
-template <typename T>
-const typename Storage<T>::type* Values(const Tensor& t) {
-  static_assert(sizeof(T) == sizeof(typename Storage<T>::type), "storage must match");
-  return reinterpret_cast<const typename Storage<T>::type*>(t.flat<T>().data());
-}
-
-template <typename T>
-typename Storage<T>::type* MutableValues(Tensor* t) {
-  return reinterpret_cast<typename Storage<T>::type*>(t->flat<T>().data());
-}
-
-absl::Status Status(const std::string& err) {
-  return err.empty() ? absl::OkStatus() : absl::InvalidArgumentError(err);
-}
-
 class OutputOpBase : public OpKernel {
  public:
   explicit OutputOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -52,7 +28,7 @@ class OutputOpBase : public OpKernel {
     OP_REQUIRES(ctx, strides_.size() == 2,
                 absl::InvalidArgumentError("strides must have 2 elements, got " +
                                            std::to_string(strides_.size())));
-    OP_REQUIRES_OK(ctx, Status(CheckStrides(strides_[0], strides_[1])));
+    OP_REQUIRES_OK(ctx, ContractStatus(CheckStrides(strides_[0], strides_[1])));
   }
 
  protected:
@@ -65,8 +41,8 @@ class OutputOpBase : public OpKernel {
     const int64_t x_shape[4] = {x.dim_size(0), x.dim_size(1), x.dim_size(2), x.dim_size(3)};
     const int64_t k_shape[4] = {kernel.dim_size(0), kernel.dim_size(1), kernel.dim_size(2),
                                 kernel.dim_size(3)};
-    return Status(MakeOutputConvParams(x_shape, k_shape, strides_[0], strides_[1], activation_,
-                                       params));
+    return ContractStatus(MakeOutputConvParams(x_shape, k_shape, strides_[0], strides_[1],
+                                               activation_, params));
   }
 
   static TensorShape YShape(const ConvGeometry& g) {
@@ -97,9 +73,9 @@ class OutputOp : public OutputOpBase {
                                            bias.shape().DebugString()));
     Tensor* y;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, YShape(params.geometry), &y));
-    OP_REQUIRES_OK(ctx, Status(OutputConvForward(params, crew->AsRuntime(), Values<T>(x),
-                                                 kernel.flat<float>().data(),
-                                                 bias.flat<float>().data(), MutableValues<T>(y))));
+    OP_REQUIRES_OK(ctx, ContractStatus(OutputConvForward(
+                            params, crew->AsRuntime(), Values<T>(x), kernel.flat<float>().data(),
+                            bias.flat<float>().data(), MutableValues<T>(y))));
   }
 };
 
@@ -126,7 +102,7 @@ class OutputGradOp : public OutputOpBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, kernel.shape(), &dkernel));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({params.geometry.big_c}), &dbias));
-    OP_REQUIRES_OK(ctx, Status(OutputConvBackward(
+    OP_REQUIRES_OK(ctx, ContractStatus(OutputConvBackward(
                             params, crew->AsRuntime(), Values<T>(dy), Values<T>(y),
                             Values<T>(x), kernel.flat<float>().data(), MutableValues<T>(dx),
                             dkernel->flat<float>().data(), dbias->flat<float>().data())));
