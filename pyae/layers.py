@@ -9,7 +9,7 @@ its weights carry the Keras names and shapes (``kernel``, ``gamma``, ``beta``,
 The implementation is picked at call time (``impl="auto"``: native unless the call is
 traced for XLA, or the native op is slower or absent for the compute dtype);
 ``layer.last_impl`` says which ran: "native", "native-bf16" or "tf". Under "mixed_bfloat16" a
-block with fewer than ``BF16_MIN_IN_CHANNELS`` input channels (a first layer) runs the float32
+transposed block with fewer than ``BF16_MIN_IN_CHANNELS`` input channels runs the float32
 native op, faster there.
 Under "mixed_bfloat16" the native op runs on bf16 activations (kernels for CPUs with
 AVX512-BF16, ``pyae.ops.bf16_info()``): outputs in bfloat16, variables, statistics and the
@@ -29,11 +29,12 @@ from pyae.ops import geometry
 
 _PACKAGE = "pyae"
 _HALF_DTYPES = ("float16", "bfloat16")
-# Under mixed_bfloat16, a block whose conv reduces over fewer input channels than this (the
-# tutorial models' first layers: 1 and 3) runs the float32 native op on cast inputs: its bf16
-# conv packs a 9- or 27-long reduction in pairs for a 32-wide output, where float32 wins
-# (fwd+bwd, bench/RESULTS.md "Mixed precision": Fashion-MNIST enc1 12.4 ms bf16 vs 7.7 ms
-# float32, Cartoon enc1 93.8 vs 69.4; every other block is faster in bf16).
+# Under mixed_bfloat16, a transposed block with fewer input channels than this runs the float32
+# native op on cast inputs: its bf16 conv would pack a 9- or 27-long reduction in pairs for a
+# wide output, where float32 wins. A Conv2D block with so few (the tutorial models' first
+# layers: 1 and 3) runs the bf16 op, which convolves such inputs in float32 itself
+# (ops/kernels/fused_bf16.cc, ConvInFloat) and keeps y and dy in bf16, with no cast ops
+# (bench/RESULTS.md, "The first block under mixed_bfloat16").
 BF16_MIN_IN_CHANNELS = 4
 
 
@@ -227,7 +228,8 @@ class _FusedConvBNLeakyReLUBase(keras.layers.Layer):
         if self.compute_dtype == "bfloat16" and self.impl == "auto":
             if pyae_ops.resolve_impl("auto", "bfloat16") != "native":
                 return "tf"
-            return "native" if self._in_channels() < BF16_MIN_IN_CHANNELS else "native-bf16"
+            few_channels = self._in_channels() < BF16_MIN_IN_CHANNELS
+            return "native" if self.transpose and few_channels else "native-bf16"
         if self.compute_dtype == "bfloat16" and self.impl == "native" and _has_bf16_kernels():
             return "native-bf16"
         if self.compute_dtype in _HALF_DTYPES and self.impl != "native":

@@ -231,6 +231,39 @@ def test_bf16_op_gradients_on_both_backward_paths(rng, beta_over_gamma):
     assert_gradients_within_bounds(reference_inputs(inputs), attrs, dy.astype(np.float64), grads)
 
 
+# A model's first block: nothing reads its dx, so inside a function (as in a train step) the op
+# skips it, and at fewer than 4 input channels runs dkernel on the float32 kernels from dz
+# rounded to bf16 (fused_bf16.cc, ConvInFloat), the same bound as the pair route's.
+FIRST_BLOCKS = [FASHION_BLOCKS[0], AWKWARD[1], (3, 40, 36, 3, 32, 3, 2, "same", False)]
+
+
+@pytest.mark.parametrize("beta_over_gamma", [0.9, 3.0], ids=["xhat-from-y", "z-recomputed"])
+@pytest.mark.parametrize("case", FIRST_BLOCKS, ids=shape_id)
+def test_bf16_op_parameter_gradients_without_dx_within_rounding_bound(rng, case,
+                                                                      beta_over_gamma):
+    needs_bf16_kernels()
+    inputs = make_inputs(rng, case)
+    signs = rng.choice([-1.0, 1.0], size=inputs["gamma"].shape)
+    inputs["beta"] = (beta_over_gamma * signs * inputs["gamma"]).astype(np.float32)
+    attrs = op_attrs(case, True)
+    dy, (dx, *_) = native_bf16_gradients(rng, inputs, attrs)  # dx: the eager op computes it
+    x = tf.constant(to_bf16(inputs["x"]))
+    params = [tf.constant(inputs[name]) for name in ("kernel", "gamma", "beta")]
+
+    @tf.function
+    def parameter_gradients():
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            y = pyae.ops.fused_conv_bn_leaky_relu(
+                x, *params, inputs["moving_mean"], inputs["moving_variance"], impl="native",
+                **attrs).y
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * dy.astype(np.float32))
+        return tape.gradient(loss, params)
+
+    assert_gradients_within_bounds(reference_inputs(inputs), attrs, dy.astype(np.float64),
+                                   [dx] + parameter_gradients())
+
+
 def test_bf16_op_names_an_invalid_parameter(rng):
     needs_bf16_kernels()
     case = FASHION_BLOCKS[0]

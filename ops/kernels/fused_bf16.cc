@@ -11,6 +11,7 @@
 
 #include "bf16_isa.h"
 #include "conv_bf16.h"
+#include "fused_isa.h"
 #include "scratch.h"
 
 #include "bf16_target.h"  // after every other include
@@ -79,21 +80,53 @@ void PackForward(const ConvGeometry& g, const float* kernel, Filters* filters) {
   }
 }
 
-std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
-                    const float* kernel, const float* gamma, const float* beta,
-                    const float* moving_mean, const float* moving_variance, Bf16* y,
-                    float* mean_out, float* variance_out, const Bf16Workspace& workspace) {
+// Below this many input channels (a model's first block: 1 or 3) a Conv2D's convs run on the
+// float32 path's direct kernels (avx512, which every AVX512-BF16 CPU runs), x and dz converted
+// to float32 a few images at a time: the pair kernels would reduce over patches of 9 or 27
+// values, and measured slower than the float32 op there. Products of bf16 values are exact in
+// float32, so z and dkernel are what vdpbf16ps would sum, up to the order of the additions.
+// y, dy, and the statistics and epilogue stay as on the pair route.
+constexpr int64_t kMinPairInputChannels = 4;
+
+bool ConvInFloat(const ConvGeometry& g) {
+  return !g.transpose && g.big_c < kMinPairInputChannels;
+}
+
+// The kernel rounded to bf16 (and back), as the pair kernels round it while packing.
+std::vector<float> RoundedKernel(const ConvGeometry& g, const float* kernel) {
+  const int64_t size = g.patch_size() * g.small_c;
+  std::vector<Bf16> bits(size);
+  std::vector<float> rounded(size);
+  ToBf16(kernel, size, bits.data());
+  ToFloat(bits.data(), size, rounded.data());
+  return rounded;
+}
+
+// x's images [first, end) in float32, for the float32 convs.
+ImagePieces FloatPieces(const Bf16* values, int64_t image_values) {
+  return [values, image_values](int64_t first, int64_t end, float* piece) {
+    ToFloat(values + first * image_values, (end - first) * image_values, piece);
+  };
+}
+
+// z of a ConvInFloat op for the whole batch, and with mean_out/variance_out its statistics.
+void FloatZ(const ConvGeometry& g, const Runtime& runtime, const float* kernel, const Bf16* x,
+            float* z, float* mean_out = nullptr, float* variance_out = nullptr) {
+  const std::vector<float> rounded = RoundedKernel(g, kernel);
+  avx512::Kernels().z_of_pieces(g, runtime, rounded.data(),
+                                FloatPieces(x, g.big_pixels() * g.big_c), z, mean_out,
+                                variance_out);
+}
+
+// z and (training) the batch statistics into mean_out/variance_out, on the pair kernels.
+void PairZ(const FusedParams& p, const Runtime& runtime, const Bf16* x, const float* kernel,
+           float* z, float* mean_out, float* variance_out) {
   const ConvGeometry& g = p.geometry;
-  std::string err = CheckParameters(p, kernel, gamma, beta);
-  if (err.empty() && !p.training) err = CheckMovingStatistics(p, moving_mean, moving_variance);
-  if (!err.empty()) return err;
   const int64_t channels = g.z_channels();
   const int64_t pixels = g.z_pixels();
   Filters filters;
   PackForward(g, kernel, &filters);
   const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
-  float* z = workspace.z;
-  if (z == nullptr) return "the bf16 forward needs a z workspace (Bf16Workspace::z)";
   // The direct kernels sum z's moments from their tiles; otherwise each task sums its block's
   // right after computing its z.
   std::vector<double> moments(blocks.count() * channels * 2, 0.0);
@@ -113,7 +146,29 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
   if (p.training) {
     StatisticsFromMoments(moments, blocks.count(), channels, static_cast<double>(g.batch * pixels),
                           mean_out, variance_out);
+  }
+}
+
+std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
+                    const float* kernel, const float* gamma, const float* beta,
+                    const float* moving_mean, const float* moving_variance, Bf16* y,
+                    float* mean_out, float* variance_out, const Bf16Workspace& workspace) {
+  const ConvGeometry& g = p.geometry;
+  std::string err = CheckParameters(p, kernel, gamma, beta);
+  if (err.empty() && !p.training) err = CheckMovingStatistics(p, moving_mean, moving_variance);
+  if (!err.empty()) return err;
+  const int64_t channels = g.z_channels();
+  const int64_t pixels = g.z_pixels();
+  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
+  float* z = workspace.z;
+  if (z == nullptr) return "the bf16 forward needs a z workspace (Bf16Workspace::z)";
+  if (ConvInFloat(g)) {
+    FloatZ(g, runtime, kernel, x, z, p.training ? mean_out : nullptr,
+           p.training ? variance_out : nullptr);
   } else {
+    PairZ(p, runtime, x, kernel, z, mean_out, variance_out);
+  }
+  if (!p.training) {
     std::memcpy(mean_out, moving_mean, sizeof(float) * channels);
     std::memcpy(variance_out, moving_variance, sizeof(float) * channels);
   }
@@ -192,9 +247,10 @@ void AccumulateGradSums(const Preactivation& pre, int64_t first_row, int64_t row
   }
 }
 
-// dz (rounded to bf16) of `rows` rows from first_row.
-void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_t channels,
-               Bf16* dz) {
+// dz of `rows` rows from first_row: store(r, values) keeps row first_row + r.
+template <typename Store>
+void ForEachDzRow(const Preactivation& pre, int64_t first_row, int64_t rows, int64_t channels,
+                  Store store) {
   const float* __restrict dz_du = pre.terms->dz_du.data();
   const float* __restrict dz_bias = pre.terms->dz_bias.data();
   const float* __restrict dz_xhat = pre.terms->dz_xhat.data();
@@ -207,8 +263,25 @@ void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_
     for (int64_t c = 0; c < channels; ++c) {
       out[c] = dz_du[c] * du[c] + dz_bias[c] + dz_xhat[c] * xhat[c];
     }
-    ToBf16(out, channels, dz + r * channels);
+    store(r, out);
   }
+}
+
+// dz rounded to bf16 (as Keras' bf16 conv receives it) for the pair kernels.
+void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_t channels,
+               Bf16* dz) {
+  ForEachDzRow(pre, first_row, rows, channels,
+               [&](int64_t r, const float* row) { ToBf16(row, channels, dz + r * channels); });
+}
+
+// The same bf16 values in float32, for the float32 convs (ConvInFloat).
+void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_t channels,
+               float* dz) {
+  std::vector<Bf16> bits(channels);
+  ForEachDzRow(pre, first_row, rows, channels, [&](int64_t r, const float* row) {
+    ToBf16(row, channels, bits.data());
+    ToFloat(bits.data(), channels, dz + r * channels);
+  });
 }
 
 // dx and this block's dfilter for images [first, end), from dz computed here into the
@@ -260,9 +333,13 @@ std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* d
   if (!Bf16BackwardInvertsY(gamma, beta, channels, p.negative_slope)) {
     z = workspace.z;
     if (z == nullptr) return "the bf16 backward recomputes z and needs a z workspace";
-    Filters forward;  // z again from x
-    PackForward(g, kernel, &forward);
-    ComputeAllZ(g, runtime, blocks, forward, x, z);
+    if (ConvInFloat(g)) {
+      FloatZ(g, runtime, kernel, x, z);
+    } else {
+      Filters forward;  // z again from x
+      PackForward(g, kernel, &forward);
+      ComputeAllZ(g, runtime, blocks, forward, x, z);
+    }
   }
   const Preactivation pre{y, dy, z, beta, mean, &terms, p.negative_slope};
   std::vector<double> sums(blocks.count() * channels * 2, 0.0);
@@ -273,6 +350,14 @@ std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* d
   });
   SetGradTerms(sums, blocks.count(), channels, static_cast<double>(g.batch * pixels), p.training,
                gamma, &terms, dgamma, dbeta);
+  if (ConvInFloat(g) && dx == nullptr) {  // a model's first block: dkernel alone
+    const ImagePieces dz_pieces = [&](int64_t first, int64_t end, float* piece) {
+      ComputeDz(pre, first * pixels, (end - first) * pixels, channels, piece);
+    };
+    avx512::Kernels().filter_grad_of_pieces(g, runtime, FloatPieces(x, g.big_pixels() * g.big_c),
+                                            dz_pieces, dkernel);
+    return "";
+  }
   // dx of a transposed op is a conv of dz; of a conv, the conv^T of dz.
   Filters dx_filters;
   if (dx != nullptr && g.transpose) PackFilter(g, kernel, &dx_filters.as_is);

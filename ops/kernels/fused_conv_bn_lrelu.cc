@@ -455,6 +455,71 @@ std::string BackwardWith(const FusedParams& p, const Runtime& runtime, Preactiva
   return "";
 }
 
+// Images per piece of ImagePieces: about 1 MiB of x (at least one image), so a piece is
+// still in cache when the conv reads it.
+int64_t PieceImages(const ConvGeometry& g) {
+  constexpr int64_t kPieceFloats = 256 * 1024;
+  return std::max<int64_t>(1, kPieceFloats / (g.big_pixels() * g.big_c));
+}
+
+void ZOfPieces(const ConvGeometry& g, const Runtime& runtime, const float* kernel,
+               const ImagePieces& x_pieces, float* z, float* mean_out, float* variance_out) {
+  const int64_t channels = g.small_c;
+  const int64_t x_values = g.big_pixels() * g.big_c;
+  const int64_t piece_images = PieceImages(g);
+  const std::unique_ptr<ZConv> z_conv = MakeZConv(g, kernel);
+  const ImageBlocks blocks = ForwardBlocks(g, *z_conv, runtime);
+  const bool statistics = mean_out != nullptr && variance_out != nullptr;
+  std::vector<double> moments(blocks.count() * channels * 2, 0.0);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    Scratch cols;
+    Scratch piece(std::min(piece_images, blocks.end(b) - blocks.begin(b)) * x_values);
+    double* sum = moments.data() + b * channels * 2;
+    for (int64_t first = blocks.begin(b); first < blocks.end(b); first += piece_images) {
+      const int64_t end = std::min(first + piece_images, blocks.end(b));
+      x_pieces(first, end, piece.data());
+      const float* x = piece.data() - first * x_values;  // read only at images [first, end)
+      ComputeZ(g, *z_conv, x, kernel, first, end, &cols, z, [&](float* rows, int64_t count) {
+        if (statistics) AccumulateMoments(rows, count, channels, sum, sum + channels);
+      });
+    }
+  });
+  if (statistics) {
+    StatisticsFromMoments(moments, blocks.count(), channels,
+                          static_cast<double>(g.batch * g.small_pixels()), mean_out,
+                          variance_out);
+  }
+}
+
+void FilterGradOfPieces(const ConvGeometry& g, const Runtime& runtime,
+                        const ImagePieces& x_pieces, const ImagePieces& dz_pieces,
+                        float* dkernel) {
+  const int64_t x_values = g.big_pixels() * g.big_c;
+  const int64_t dz_values = g.small_pixels() * g.small_c;
+  const int64_t piece_images = PieceImages(g);
+  const int64_t kernel_size = g.patch_size() * g.small_c;
+  const ImageBlocks blocks = DirectConvAvailable()
+                                 ? GuidedBlocks(g.batch, DirectChunkImages(g), runtime)
+                                 : EqualBlocks(g.batch, runtime);
+  const FilterGradPlan plan = DirectConvAvailable() ? MakeFilterGradPlan(g) : FilterGradPlan{};
+  Scratch partials(blocks.count() * kernel_size);
+  runtime.run_tasks(blocks.count(), [&](int64_t b) {
+    float* partial = partials.data() + b * kernel_size;
+    std::fill_n(partial, kernel_size, 0.0f);
+    const int64_t images = std::min(piece_images, blocks.end(b) - blocks.begin(b));
+    Scratch x_piece(images * x_values), dz_piece(images * dz_values);
+    for (int64_t first = blocks.begin(b); first < blocks.end(b); first += piece_images) {
+      const int64_t end = std::min(first + piece_images, blocks.end(b));
+      x_pieces(first, end, x_piece.data());
+      dz_pieces(first, end, dz_piece.data());
+      // Both read only at images [first, end).
+      AccumulateFilterGrad(g, plan, x_piece.data() - first * x_values,
+                           dz_piece.data() - first * dz_values, first, end, partial);
+    }
+  });
+  SumPartialsInSlices(partials.data(), blocks.count(), kernel_size, runtime, dkernel);
+}
+
 }  // namespace
 
 std::string FusedForward(const FusedParams& p, const Runtime& runtime, const float* x,
@@ -539,7 +604,8 @@ std::string FusedBackward(const FusedParams& p, const Runtime& runtime, const fl
 }
 
 const FusedKernels& Kernels() {
-  static const FusedKernels kernels{&FusedForward, &FusedBackward};
+  static const FusedKernels kernels{&FusedForward, &FusedBackward, &ZOfPieces,
+                                    &FilterGradOfPieces};
   return kernels;
 }
 
