@@ -277,12 +277,14 @@ void DirectConvTranspose(const ConvGeometry& g, const Bf16* small, const PairPac
 
 // --- the filter gradient: dfilter[tap * big_c + ci, co] += sum over small pixels of
 // big(pixel's tap, ci) x small(pixel, co). Its reduction runs over pixels, which NHWC does not
-// keep in pairs, so each band is copied once with pixel pairs interleaved: two horizontally
-// adjacent small pixels (ow, ow + 1), ow even, whose taps read big pixels stride_w columns
-// apart; an odd row's last pixel is paired with a zero. The small side (every fused block's
-// 64 channels) fills the vectors, each (tap, big channel) row is a broadcast, so the tiles run
-// full at big_c 32 too, and the result comes out in the kernel's own layout.
-
+// keep in pairs, so each band is copied once with the same pixel of two images interleaved
+// (images 2i and 2i + 1 of a chunk; an odd chunk's last image is paired with zeros). Every
+// small pixel is then one pair of the reduction whatever the width, and a tap reads the two
+// big pixels at one offset; pairing horizontally adjacent pixels instead wasted one pixel in
+// eight at Fashion's 7-wide rows (an odd row's last pixel paired with zero) and copied each big
+// pixel twice. The small side (every fused block's 64 channels) fills the vectors, each
+// (tap, big channel) row is a broadcast, so the tiles run full at big_c 32 too, and the result
+// comes out in the kernel's own layout.
 // Lane 2i of the result is a's lane i, lane 2i + 1 b's (16 bf16 of each).
 inline __m512i InterleaveBf16(__m256i a, __m256i b) {
   alignas(64) static constexpr int16_t kOrder[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5,
@@ -306,48 +308,54 @@ inline void StorePairs(const Bf16* first, const Bf16* second, int64_t channels, 
   }
 }
 
-// The bands' layout: padded big columns q whose value pairs are (q, q + stride_w), and the
-// small pixel pairs, their channels rounded up to whole vectors (zeros after small_c).
+// The bands' layout: the padded big columns a small row's taps read, each value a pair of two
+// images' values, and the small pixel pairs, their channels rounded up to whole vectors (zeros
+// after small_c).
 struct PairBands {
-  int64_t paired_width;  // small pixels per row, rounded up to even
-  int64_t columns;       // padded big columns whose pairs a tap reads
+  int64_t columns;       // padded big columns a small row's taps read
   int64_t row_values;    // bf16 values per padded big row
   int64_t small_values;  // bf16 values per small pixel pair
 };
 
 PairBands BandsFor(const ConvGeometry& g) {
-  const int64_t paired_width = (g.small_w + 1) / 2 * 2;
-  const int64_t columns = (paired_width - 2) * g.stride_w + g.kernel_w;
-  return {paired_width, columns, columns * g.big_c * 2, (g.small_c + 15) / 16 * 16 * 2};
+  const int64_t columns = (g.small_w - 1) * g.stride_w + g.kernel_w;
+  return {columns, columns * g.big_c * 2, (g.small_c + 15) / 16 * 16 * 2};
 }
 
-// Padded big rows [row_begin, row_end) of one image, pair-interleaved: value pair (p, q, c) is
-// (big(p, q, c), big(p, q + stride_w, c)) in padded coordinates, zero outside the image.
-void FillBigPairs(const ConvGeometry& g, const PairBands& bands, const Bf16* image,
-                  int64_t row_begin, int64_t row_end, Bf16* out) {
-  auto pixel = [&](int64_t h, int64_t q) -> const Bf16* {
-    const int64_t w = q - g.pad_left;
-    if (h < 0 || h >= g.big_h || w < 0 || w >= g.big_w) return nullptr;
-    return image + (h * g.big_w + w) * g.big_c;
-  };
-  for (int64_t p = row_begin; p < row_end; ++p) {
+// Padded big rows [row_begin, row_end) of images `first` and `second` (null: zeros),
+// interleaved: value pair (p, q, c) is (first(p, q, c), second(p, q, c)) in padded
+// coordinates, zero outside the image. A row's pixels inside the image are one run of
+// channels in both images, interleaved in one pass.
+void FillBigPairs(const ConvGeometry& g, const PairBands& bands, const Bf16* first,
+                  const Bf16* second, int64_t row_begin, int64_t row_end, Bf16* out) {
+  const int64_t c = g.big_c;
+  const int64_t inside_begin = std::min(bands.columns, g.pad_left);
+  const int64_t inside_end = std::min(bands.columns, g.pad_left + g.big_w);
+  for (int64_t p = row_begin; p < row_end; ++p, out += bands.row_values) {
     const int64_t h = p - g.pad_top;
-    for (int64_t q = 0; q < bands.columns; ++q, out += 2 * g.big_c) {
-      StorePairs(pixel(h, q), pixel(h, q + g.stride_w), g.big_c, out);
+    if (h < 0 || h >= g.big_h || inside_end <= inside_begin) {
+      std::memset(out, 0, sizeof(Bf16) * bands.row_values);
+      continue;
     }
+    std::memset(out, 0, sizeof(Bf16) * inside_begin * c * 2);
+    const int64_t row_start = (h * g.big_w + inside_begin - g.pad_left) * c;
+    StorePairs(first + row_start, second != nullptr ? second + row_start : nullptr,
+               (inside_end - inside_begin) * c, out + inside_begin * c * 2);
+    std::memset(out + inside_end * c * 2, 0,
+                sizeof(Bf16) * (bands.columns - inside_end) * c * 2);
   }
 }
 
-// Small rows [row_begin, row_end) of one image as value pairs (ow, ow + 1) per channel, ow
-// even: bands.small_values values per pair, zero past the row's end and past small_c.
-Bf16* FillSmallPairs(const ConvGeometry& g, const PairBands& bands, const Bf16* image,
-                     int64_t row_begin, int64_t row_end, Bf16* out) {
-  for (int64_t oh = row_begin; oh < row_end; ++oh) {
-    for (int64_t ow = 0; ow < g.small_w; ow += 2, out += bands.small_values) {
-      const Bf16* first = image + (oh * g.small_w + ow) * g.small_c;
-      StorePairs(first, ow + 1 < g.small_w ? first + g.small_c : nullptr,
-                 bands.small_values / 2, out);
-    }
+// Small rows [row_begin, row_end) of images `first` and `second` (null: zeros) as value pairs
+// per pixel and channel: bands.small_values values per pixel, zero past small_c.
+Bf16* FillSmallPairs(const ConvGeometry& g, const PairBands& bands, const Bf16* first,
+                     const Bf16* second, int64_t row_begin, int64_t row_end, Bf16* out) {
+  const int64_t tail = bands.small_values - 2 * g.small_c;
+  for (int64_t pixel = row_begin * g.small_w; pixel < row_end * g.small_w; ++pixel) {
+    const int64_t at = pixel * g.small_c;
+    StorePairs(first + at, second != nullptr ? second + at : nullptr, g.small_c, out);
+    std::memset(out + 2 * g.small_c, 0, sizeof(Bf16) * tail);
+    out += bands.small_values;
   }
   return out;
 }
@@ -441,19 +449,21 @@ void PairRuns(const ConvGeometry& g, const PairBands& bands, const Bf16* big,
   }
 }
 
-// dfilter += the filter gradient of images [first, end): chunks of whole images, or bands of
-// one image's small rows, each copied pair-interleaved.
+// Small pixel pairs per chunk: a chunk's bands (about 250 KB at 64 big channels) stay in L2.
+constexpr int64_t kChunkPairs = 256;
+
+// dfilter += the filter gradient of images [first, end): chunks of whole image pairs, or
+// bands of one pair's small rows, each copied pair-interleaved.
 void DirectFilterGrad(const ConvGeometry& g, const Bf16* big, const Bf16* small, int64_t first,
                       int64_t end, ConvScratch* scratch, float* dfilter) {
   const PairBands bands = BandsFor(g);
-  const int64_t row_pairs = bands.paired_width / 2;
-  const int64_t images = std::max<int64_t>(1, kChunkPixels / (g.small_h * bands.paired_width));
-  const int64_t band = images > 1 ? g.small_h
-                                  : std::clamp<int64_t>(kChunkPixels / bands.paired_width, 1,
-                                                        g.small_h);
+  const int64_t image_pairs = std::max<int64_t>(1, kChunkPairs / g.small_pixels());
+  const int64_t band = image_pairs > 1 ? g.small_h
+                                       : std::clamp<int64_t>(kChunkPairs / g.small_w, 1,
+                                                             g.small_h);
   const int64_t band_values = ((band - 1) * g.stride_h + g.kernel_h) * bands.row_values;
-  scratch->padded.Reserve(images * band_values);
-  scratch->rows.Reserve(images * band * row_pairs * bands.small_values);
+  scratch->padded.Reserve(image_pairs * band_values);
+  scratch->rows.Reserve(image_pairs * band * g.small_w * bands.small_values);
   std::vector<int64_t> row_offsets;  // per patch row (tap, ci)
   for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
     for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
@@ -462,23 +472,28 @@ void DirectFilterGrad(const ConvGeometry& g, const Bf16* big, const Bf16* small,
       }
     }
   }
+  const int64_t big_values = g.big_pixels() * g.big_c;
+  const int64_t small_values = g.small_pixels() * g.small_c;
   std::vector<int64_t>& origins = scratch->pixels.origins;
-  for (int64_t image = first; image < end; image += images) {
-    const int64_t count = std::min(images, end - image);
+  for (int64_t image = first; image < end; image += 2 * image_pairs) {
+    const int64_t count = std::min(image_pairs, (end - image + 1) / 2);
     for (int64_t row = 0; row < g.small_h; row += band) {
       const int64_t rows = std::min(band, g.small_h - row);
       origins.clear();
       Bf16* small_pairs = scratch->rows.data();
       for (int64_t i = 0; i < count; ++i) {
-        FillBigPairs(g, bands, big + (image + i) * g.big_pixels() * g.big_c, row * g.stride_h,
-                     (row + rows - 1) * g.stride_h + g.kernel_h,
+        const int64_t a = image + 2 * i;
+        const bool paired = a + 1 < end;
+        FillBigPairs(g, bands, big + a * big_values, paired ? big + (a + 1) * big_values : nullptr,
+                     row * g.stride_h, (row + rows - 1) * g.stride_h + g.kernel_h,
                      scratch->padded.data() + i * band_values);
-        small_pairs = FillSmallPairs(g, bands, small + (image + i) * g.small_pixels() * g.small_c,
-                                     row, row + rows, small_pairs);
+        small_pairs = FillSmallPairs(g, bands, small + a * small_values,
+                                     paired ? small + (a + 1) * small_values : nullptr, row,
+                                     row + rows, small_pairs);
         for (int64_t oh = 0; oh < rows; ++oh) {
-          for (int64_t m = 0; m < row_pairs; ++m) {
+          for (int64_t ow = 0; ow < g.small_w; ++ow) {
             origins.push_back(i * band_values + oh * g.stride_h * bands.row_values +
-                              2 * m * g.stride_w * g.big_c * 2);
+                              ow * g.stride_w * g.big_c * 2);
           }
         }
       }

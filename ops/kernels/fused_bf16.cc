@@ -17,6 +17,7 @@
 #include "bf16_target.h"  // after every other include
 
 #include "bn_loops.h"  // compiled for this target: after the pragma
+#include "bn_bf16_loops.h"
 
 namespace pyae {
 namespace avx512bf16 {
@@ -27,6 +28,15 @@ struct Filters {
   PairPacked as_is;       // [patch, small_c]: small = conv(big)
   PairPacked transposed;  // [small_c, patch]: big = conv^T(small)
 };
+
+// Image blocks of an even size where the batch allows, for the backward: the filter gradient
+// pairs a block's images, and an odd block's last image is paired with zeros.
+ImageBlocks PairedBlocks(int64_t batch, const Runtime& runtime) {
+  const ImageBlocks equal = EqualBlocks(batch, runtime);
+  if (equal.count() == 0) return equal;
+  const int64_t size = equal.end(0) - equal.begin(0);
+  return BlocksOf(batch, size + size % 2);
+}
 
 // True when z comes from a direct kernel, which can sum z's moments as it stores the tiles.
 bool DirectZ(const ConvGeometry& g) {
@@ -45,21 +55,6 @@ void ComputeZ(const ConvGeometry& g, const Filters& filters, const Bf16* x, int6
     DirectConvImages(g, x, filters.as_is, first, end, scratch, z, moments);
   } else {
     ConvImages(g, x, filters.as_is, first, end, scratch, z);
-  }
-}
-
-// y = bf16(leaky_relu(z * scale + shift)) for `rows` rows.
-void ApplyEpilogue(const float* z, int64_t rows, int64_t channels, const float* __restrict scale,
-                   const float* __restrict shift, float slope, Bf16* y) {
-  std::vector<float> buffer(channels);
-  float* __restrict u = buffer.data();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* __restrict row = z + r * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      const float v = row[c] * scale[c] + shift[c];
-      u[c] = v > 0.0f ? v : v * slope;
-    }
-    ToBf16(u, channels, y + r * channels);
   }
 }
 
@@ -185,105 +180,6 @@ std::string Forward(const FusedParams& p, const Runtime& runtime, const Bf16* x,
   return "";
 }
 
-// du and xhat of `rows` rows from y and dy (bf16), and either y's inverse (z null) or the
-// recomputed z.
-struct Preactivation {
-  const Bf16* y;
-  const Bf16* dy;
-  const float* z;  // null: xhat = (leaky_relu^-1(y) - beta) / gamma
-  const float* beta;
-  const float* mean;
-  const ChannelTerms* terms;
-  float slope;
-
-  // du[c], xhat[c] of row `row`; `buffer` holds 2 * channels floats for the conversions.
-  void Row(int64_t row, int64_t channels, float* __restrict buffer, float* __restrict du,
-           float* __restrict xhat) const {
-    float* __restrict y_row = buffer;
-    float* __restrict dy_row = buffer + channels;
-    ToFloat(y + row * channels, channels, y_row);
-    ToFloat(dy + row * channels, channels, dy_row);
-    const float negative_slope = slope;
-    for (int64_t c = 0; c < channels; ++c) {
-      du[c] = dy_row[c] * (y_row[c] > 0.0f ? 1.0f : negative_slope);
-    }
-    if (z == nullptr) {
-      const float* __restrict beta_c = beta;
-      const float* __restrict inv_gamma = terms->inv_gamma.data();
-      const float inv_slope = 1.0f / slope;
-      for (int64_t c = 0; c < channels; ++c) {
-        const float u = y_row[c] * (y_row[c] > 0.0f ? 1.0f : inv_slope);
-        xhat[c] = (u - beta_c[c]) * inv_gamma[c];
-      }
-      return;
-    }
-    const float* __restrict z_row = z + row * channels;
-    const float* __restrict mean_c = mean;
-    const float* __restrict rstd = terms->rstd.data();
-    for (int64_t c = 0; c < channels; ++c) xhat[c] = (z_row[c] - mean_c[c]) * rstd[c];
-  }
-};
-
-void AccumulateGradSums(const Preactivation& pre, int64_t first_row, int64_t rows,
-                        int64_t channels, double* sum_du, double* sum_du_xhat) {
-  std::vector<float> buffer(channels * 6);
-  float* __restrict du = buffer.data() + 2 * channels;
-  float* __restrict xhat = du + channels;
-  float* __restrict run_du = xhat + channels;
-  float* __restrict run_du_xhat = run_du + channels;
-  for (int64_t r0 = first_row; r0 < first_row + rows; r0 += kRunRows) {
-    std::fill(run_du, run_du + 2 * channels, 0.0f);
-    for (int64_t r = r0; r < std::min(first_row + rows, r0 + kRunRows); ++r) {
-      pre.Row(r, channels, buffer.data(), du, xhat);
-      for (int64_t c = 0; c < channels; ++c) {
-        run_du[c] += du[c];
-        run_du_xhat[c] += du[c] * xhat[c];
-      }
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      sum_du[c] += run_du[c];
-      sum_du_xhat[c] += run_du_xhat[c];
-    }
-  }
-}
-
-// dz of `rows` rows from first_row: store(r, values) keeps row first_row + r.
-template <typename Store>
-void ForEachDzRow(const Preactivation& pre, int64_t first_row, int64_t rows, int64_t channels,
-                  Store store) {
-  const float* __restrict dz_du = pre.terms->dz_du.data();
-  const float* __restrict dz_bias = pre.terms->dz_bias.data();
-  const float* __restrict dz_xhat = pre.terms->dz_xhat.data();
-  std::vector<float> buffer(channels * 5);
-  float* __restrict du = buffer.data() + 2 * channels;
-  float* __restrict xhat = du + channels;
-  float* __restrict out = xhat + channels;
-  for (int64_t r = 0; r < rows; ++r) {
-    pre.Row(first_row + r, channels, buffer.data(), du, xhat);
-    for (int64_t c = 0; c < channels; ++c) {
-      out[c] = dz_du[c] * du[c] + dz_bias[c] + dz_xhat[c] * xhat[c];
-    }
-    store(r, out);
-  }
-}
-
-// dz rounded to bf16 (as Keras' bf16 conv receives it) for the pair kernels.
-void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_t channels,
-               Bf16* dz) {
-  ForEachDzRow(pre, first_row, rows, channels,
-               [&](int64_t r, const float* row) { ToBf16(row, channels, dz + r * channels); });
-}
-
-// The same bf16 values in float32, for the float32 convs (ConvInFloat).
-void ComputeDz(const Preactivation& pre, int64_t first_row, int64_t rows, int64_t channels,
-               float* dz) {
-  std::vector<Bf16> bits(channels);
-  ForEachDzRow(pre, first_row, rows, channels, [&](int64_t r, const float* row) {
-    ToBf16(row, channels, bits.data());
-    ToFloat(bits.data(), channels, dz + r * channels);
-  });
-}
-
 // dx and this block's dfilter for images [first, end), from dz computed here into the
 // images' rows of `dz` (whole-batch layout).
 void BackwardBlock(const ConvGeometry& g, const Preactivation& pre, const Bf16* x,
@@ -328,7 +224,7 @@ std::string Backward(const FusedParams& p, const Runtime& runtime, const Bf16* d
   const int64_t channels = g.z_channels();
   const int64_t pixels = g.z_pixels();
   ChannelTerms terms = MakeChannelTerms(gamma, variance, channels, p.epsilon);
-  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
+  const ImageBlocks blocks = PairedBlocks(g.batch, runtime);
   float* z = nullptr;
   if (!Bf16BackwardInvertsY(gamma, beta, channels, p.negative_slope)) {
     z = workspace.z;
@@ -397,7 +293,7 @@ void ConvTranspose(const ConvGeometry& g, const Runtime& runtime, const Bf16* sm
 
 void FilterGrad(const ConvGeometry& g, const Runtime& runtime, const Bf16* big,
                 const Bf16* small, float* dfilter) {
-  const ImageBlocks blocks = EqualBlocks(g.batch, runtime);
+  const ImageBlocks blocks = PairedBlocks(g.batch, runtime);
   const int64_t size = g.patch_size() * g.small_c;
   std::vector<float> partials(blocks.count() * size, 0.0f);
   runtime.run_tasks(blocks.count(), [&](int64_t b) {
