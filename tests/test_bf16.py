@@ -41,11 +41,13 @@ from op_cases import AWKWARD, FASHION_BLOCKS, make_inputs, op_attrs, shape_id
 
 U = 2.0 ** -8
 F32_RTOL = 5e-5  # the float32 kernels' tested accuracy (test_op.py), relative to the scale
-# The filter gradient pairs horizontally adjacent small pixels: rows of odd and of one pixel
-# (a pixel paired with zero), and small channel counts past one 64-wide block or under a vector.
+# The filter gradient pairs the same pixel of two images: odd image counts (an image paired
+# with zeros), chunks of several image pairs, small channel counts past one 64-wide block or
+# under a vector, odd widths.
 FILTER_GRAD_AWKWARD = [
     (2, 7, 9, 6, 80, 3, 2, "same", False),  # small rows of 5 pixels, 80 = 64 + 16 filters
     (3, 5, 1, 5, 66, 3, 1, "same", True),   # rows of one pixel, 66 big and 5 small channels
+    (21, 6, 5, 4, 8, 3, 1, "same", False),  # blocks of 4 images (two pairs a chunk) and of 1
 ]
 KERNEL_CASES = FASHION_BLOCKS + AWKWARD + FILTER_GRAD_AWKWARD
 
