@@ -32,11 +32,12 @@ struct Filters {
 };
 
 // Image blocks of an even size where the batch allows, for the backward: the filter gradient
-// pairs a block's images, and an odd block's last image is paired with zeros.
+// pairs a block's images, and an odd block's last image is paired with zeros. Eight per
+// thread: a thread that joins late then leaves a shorter last block to wait for.
 ImageBlocks PairedBlocks(int64_t batch, const Runtime& runtime) {
-  const ImageBlocks equal = EqualBlocks(batch, runtime);
-  if (equal.count() == 0) return equal;
-  const int64_t size = equal.end(0) - equal.begin(0);
+  constexpr int64_t kBlocksPerThread = 8;
+  const int64_t wanted = std::max<int64_t>(1, kBlocksPerThread * runtime.num_threads);
+  const int64_t size = std::max<int64_t>(1, (batch + wanted - 1) / wanted);
   return BlocksOf(batch, size + size % 2);
 }
 
