@@ -18,16 +18,11 @@
 #include "isa_target.h"  // after every other include
 
 #include "isa_simd.h"  // compiled for this path: after the pragma
+#include "output_activation.h"  // likewise
 
 namespace pyae {
 namespace PYAE_ISA_NS {
 namespace {
-
-inline float FromBits(uint32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
 
 // One value to and from its storage type (bf16.h's conversions), for the templates.
 inline float ToFloat(float value) { return value; }
@@ -196,33 +191,6 @@ struct PaddedRows {
   const float* rows = nullptr;
   std::vector<float> values;
 };
-
-// exp(x) to ~2 ulp for float32 (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r,
-// 2^n from the exponent bits), in plain arithmetic so that a loop over it vectorises.
-inline float Exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-  return p * FromBits(scale_bits);
-}
-
-// The activation over a row of pre-activations, in place.
-void Activate(float* z, int64_t count, OutputActivation activation) {
-  if (activation != OutputActivation::kSigmoid) return;
-  for (int64_t i = 0; i < count; ++i) {
-    const float value = z[i];
-    const float sigmoid = 1.0f / (1.0f + Exp(-value));
-    z[i] = value == value ? sigmoid : value;  // NaN stays NaN (the clamp would drop it)
-  }
-}
 
 // A float32 row stored as T, whole vectors where they fit.
 template <typename T>

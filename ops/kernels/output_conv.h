@@ -73,6 +73,22 @@ struct OutputConvKernels {
 namespace avx512 {
 const OutputConvKernels& OutputKernels();
 }
+
+// The bf16 kernels on AVX512-BF16 (output_bf16.cc; built where PYAE_BUILT_AVX512BF16), which
+// output_dispatch.cc runs instead of the path's forward_bf16 / backward_bf16 where the bf16
+// path (fused_bf16.h's ActiveBf16Path) is in use and OutputApplies: an even number of at most
+// 32 input channels, kw * (out rounded up to even) <= 16 and kh * kw * out <= 64 (the tutorial's
+// layers: 32 -> 1 and 32 -> 3 through 3 x 3). They round the kernel and dpre = dy * f'(y) to
+// bf16 and multiply on vdpbf16ps, as Keras' layer does its conv and its gradients in bf16
+// under mixed_bfloat16 (the path's own bf16 kernels compute from the float32 kernel and dpre).
+namespace avx512bf16 {
+bool OutputApplies(const ConvGeometry& g);
+void OutputForward(const OutputConvParams& params, const Runtime& runtime, const Bf16* x,
+                   const float* kernel, const float* bias, Bf16* y);
+void OutputBackward(const OutputConvParams& params, const Runtime& runtime, const Bf16* dy,
+                    const Bf16* y, const Bf16* x, const float* kernel, Bf16* dx, float* dkernel,
+                    float* dbias);
+}  // namespace avx512bf16
 namespace avx2 {
 const OutputConvKernels& OutputKernels();
 }

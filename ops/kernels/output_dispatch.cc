@@ -1,6 +1,7 @@
 // The output op's public functions (output_conv.h): checks, then the path isa.h has picked.
 #include <string>
 
+#include "fused_bf16.h"
 #include "isa.h"
 #include "output_conv.h"
 
@@ -22,6 +23,17 @@ const OutputConvKernels* ActiveOutputKernels(std::string* error) {
 #endif
     default: return &generic::OutputKernels();
   }
+}
+
+// Whether the bf16 calls run the AVX512-BF16 kernels (output_bf16.cc) rather than the path's.
+bool UseBf16Kernels(const OutputConvParams& params) {
+#if defined(PYAE_BUILT_AVX512BF16)
+  return ActiveBf16Path().path == Bf16Path::kAvx512Bf16 &&
+         avx512bf16::OutputApplies(params.geometry);
+#else
+  (void)params;
+  return false;
+#endif
 }
 
 }  // namespace
@@ -59,8 +71,15 @@ std::string OutputConvForward(const OutputConvParams& params, const Runtime& run
                               Bf16* y) {
   std::string error;
   const OutputConvKernels* kernels = ActiveOutputKernels(&error);
-  if (kernels != nullptr) kernels->forward_bf16(params, runtime, x, kernel, bias, y);
-  return error;
+  if (kernels == nullptr) return error;
+#if defined(PYAE_BUILT_AVX512BF16)
+  if (UseBf16Kernels(params)) {
+    avx512bf16::OutputForward(params, runtime, x, kernel, bias, y);
+    return "";
+  }
+#endif
+  kernels->forward_bf16(params, runtime, x, kernel, bias, y);
+  return "";
 }
 
 std::string OutputConvBackward(const OutputConvParams& params, const Runtime& runtime,
@@ -78,10 +97,15 @@ std::string OutputConvBackward(const OutputConvParams& params, const Runtime& ru
                                float* dbias) {
   std::string error;
   const OutputConvKernels* kernels = ActiveOutputKernels(&error);
-  if (kernels != nullptr) {
-    kernels->backward_bf16(params, runtime, dy, y, x, kernel, dx, dkernel, dbias);
+  if (kernels == nullptr) return error;
+#if defined(PYAE_BUILT_AVX512BF16)
+  if (UseBf16Kernels(params)) {
+    avx512bf16::OutputBackward(params, runtime, dy, y, x, kernel, dx, dkernel, dbias);
+    return "";
   }
-  return error;
+#endif
+  kernels->backward_bf16(params, runtime, dy, y, x, kernel, dx, dkernel, dbias);
+  return "";
 }
 
 }  // namespace pyae
