@@ -79,7 +79,8 @@ void WithVectors(int64_t vectors, Fn fn) {
 template <int kVectors>
 void ContributionRow(const Bf16* x_row, int64_t width, int64_t in, const PairPacked& filter,
                      float* contrib) {
-  constexpr int kRows = kVectors == 1 ? 12 : kVectors == 2 ? 8 : 6;
+  // (AccumulatePairs unrolls at most 8 rows: beyond, the accumulators would live in memory)
+  constexpr int kRows = kVectors <= 2 ? 8 : 6;
   constexpr int64_t kLd = 16 * kVectors;
   const int64_t pair_stride = 2 * filter.block_stride(0);
   const int64_t pairs = in / 2;
@@ -87,12 +88,16 @@ void ContributionRow(const Bf16* x_row, int64_t width, int64_t in, const PairPac
     constexpr int kTile = decltype(rows_constant)::value;
     __m512 acc[kTile][kVectors];
     const Bf16* rows[kTile];
+    #pragma GCC unroll 16
     for (int r = 0; r < kTile; ++r) {
       rows[r] = x_row + (w + r) * in;
+      #pragma GCC unroll 16
       for (int j = 0; j < kVectors; ++j) acc[r][j] = _mm512_setzero_ps();
     }
     AccumulatePairs<kTile, kVectors>(rows, filter.block(0), pairs, pair_stride, acc);
+    #pragma GCC unroll 16
     for (int r = 0; r < kTile; ++r) {
+      #pragma GCC unroll 16
       for (int j = 0; j < kVectors; ++j) {
         _mm512_storeu_ps(contrib + (w + r) * kLd + 16 * j, acc[r][j]);
       }
@@ -104,26 +109,55 @@ void ContributionRow(const Bf16* x_row, int64_t width, int64_t in, const PairPac
   for (; w < width; ++w) tile(std::integral_constant<int, 1>(), w);
 }
 
-// Pixels apart whose 16-float vectors do not overlap: pixel w's span is added into copy
-// w % SpanCopies of the output rows. Spans that share no value can still share a vector's
-// 64 bytes, and a masked load that overlaps a masked store still in flight waits for it
+// The vector a kernel row's span of kw * out floats is added with: 4, 8 or 16 floats.
+int64_t SpanVector(const ConvGeometry& g) {
+  const int64_t span = g.kernel_w * g.big_c;
+  return span <= 4 ? 4 : span <= 8 ? 8 : 16;
+}
+
+// Copies of the output rows: pixel w's span is added into copy w % SpanCopies, so pixels of
+// one copy are a whole vector apart. Spans that share no value can still share a vector's
+// bytes, and a masked load that overlaps a masked store still in flight waits for it
 // (measured: most of the forward's time went to such adds when neighbours shared one row).
 int64_t SpanCopies(const ConvGeometry& g) {
-  return (16 + g.stride_w * g.big_c - 1) / (g.stride_w * g.big_c);
+  const int64_t step = g.stride_w * g.big_c;
+  return (SpanVector(g) + step - 1) / step;
 }
 
 // Adds kernel row kh's span of every pixel's contributions into output row `row` (margins
 // included, so pixel w's span starts at w * stride_w pixels) of copy w % copies (`copy_values`
-// floats apart).
+// floats apart), kVector floats at a time.
+template <int kVector>
 void AddSpans(const ConvGeometry& g, const float* contrib, int64_t ld, int64_t kh,
               int64_t copies, int64_t copy_values, float* row) {
   const int64_t out = g.big_c;
   const int64_t span = g.kernel_w * out;
   const __mmask16 mask = LaneMask(span);
-  for (int64_t w = 0; w < g.small_w; ++w) {
-    float* to = row + (w % copies) * copy_values + w * g.stride_w * out;
-    const __m512 add = _mm512_maskz_loadu_ps(mask, contrib + w * ld + kh * span);
-    _mm512_mask_storeu_ps(to, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, to), add));
+  for (int64_t w = 0, copy = 0; w < g.small_w; ++w, copy = copy + 1 == copies ? 0 : copy + 1) {
+    float* to = row + copy * copy_values + w * g.stride_w * out;
+    const float* from = contrib + w * ld + kh * span;
+    if constexpr (kVector == 4) {
+      const __m128 add = _mm_maskz_loadu_ps(static_cast<__mmask8>(mask), from);
+      _mm_mask_storeu_ps(to, static_cast<__mmask8>(mask),
+                         _mm_add_ps(_mm_maskz_loadu_ps(static_cast<__mmask8>(mask), to), add));
+    } else if constexpr (kVector == 8) {
+      const __m256 add = _mm256_maskz_loadu_ps(static_cast<__mmask8>(mask), from);
+      _mm256_mask_storeu_ps(
+          to, static_cast<__mmask8>(mask),
+          _mm256_add_ps(_mm256_maskz_loadu_ps(static_cast<__mmask8>(mask), to), add));
+    } else {
+      const __m512 add = _mm512_maskz_loadu_ps(mask, from);
+      _mm512_mask_storeu_ps(to, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, to), add));
+    }
+  }
+}
+
+void AddSpans(const ConvGeometry& g, const float* contrib, int64_t ld, int64_t kh,
+              int64_t copies, int64_t copy_values, float* row) {
+  switch (SpanVector(g)) {
+    case 4: AddSpans<4>(g, contrib, ld, kh, copies, copy_values, row); break;
+    case 8: AddSpans<8>(g, contrib, ld, kh, copies, copy_values, row); break;
+    default: AddSpans<16>(g, contrib, ld, kh, copies, copy_values, row); break;
   }
 }
 
@@ -145,7 +179,9 @@ void ForwardImpl(const OutputConvParams& params, const Runtime& runtime, const B
     // The band's output rows, SpanCopies copies of them (the first starts at the bias).
     const int64_t copy_values = (q_last - q_first) * row_values;
     std::vector<float> rows(copies * copy_values, 0.0f);
-    for (int64_t i = 0; i < copy_values; i += out) std::copy(bias, bias + out, &rows[i]);
+    for (int64_t i = 0; i < copy_values; i += out) {
+      for (int64_t o = 0; o < out; ++o) rows[i + o] = bias[o];  // (a memmove call per pixel)
+    }
     std::vector<float> contrib(g.small_w * 16 * kVectors);
     int64_t p_first, p_last;
     InputRowsFor(g, q_first, q_last, &p_first, &p_last);
@@ -235,11 +271,17 @@ void AddChannelSums(const float* row, int64_t pixels, int64_t channels, double* 
   }
   float row_sums[kMaxSpan] = {};
   float lanes[16];
+  int64_t channel = 0;  // of the next value (a wrapping count: no division per value)
   for (int64_t a = 0; a < period; ++a) {
     _mm512_storeu_ps(lanes, acc[a]);
-    for (int l = 0; l < 16; ++l) row_sums[(16 * a + l) % channels] += lanes[l];
+    for (int l = 0; l < 16; ++l, channel = channel + 1 == channels ? 0 : channel + 1) {
+      row_sums[channel] += lanes[l];
+    }
   }
-  for (; i < count; ++i) row_sums[i % channels] += row[i];
+  // i is a multiple of 16 period, so of channels: the rest starts at channel 0.
+  for (channel = 0; i < count; ++i, channel = channel + 1 == channels ? 0 : channel + 1) {
+    row_sums[channel] += row[i];
+  }
   for (int64_t c = 0; c < channels; ++c) sums[c] += row_sums[c];
 }
 
@@ -315,16 +357,21 @@ class Backward {
     auto tile = [&](auto rows_constant, int64_t w) {
       constexpr int kTile = decltype(rows_constant)::value;
       __m512 acc[kTile][kVectors];
+      #pragma GCC unroll 16
       for (int t = 0; t < kTile; ++t) {
+        #pragma GCC unroll 16
         for (int j = 0; j < kVectors; ++j) acc[t][j] = _mm512_setzero_ps();
       }
       for (int64_t kh = 0; kh < g_.kernel_h; ++kh) {
         const Bf16* starts[kTile];
+        #pragma GCC unroll 16
         for (int t = 0; t < kTile; ++t) starts[t] = rows[kh] + (w + t) * g_.stride_w * out_pad_;
         AccumulatePairs<kTile, kVectors>(starts, filter_.block(0) + kh * (span_ / 2) * pair_stride,
                                          span_ / 2, pair_stride, acc);
       }
+      #pragma GCC unroll 16
       for (int t = 0; t < kTile; ++t) {
+        #pragma GCC unroll 16
         for (int j = 0; j < kVectors; ++j) {
           _mm256_mask_storeu_epi16(dx_row + (w + t) * in + 16 * j,
                                    j + 1 == kVectors ? last : 0xFFFF,
@@ -332,7 +379,7 @@ class Backward {
         }
       }
     };
-    constexpr int kRows = kVectors == 1 ? 12 : 8;
+    constexpr int kRows = 8;
     int64_t w = 0;
     for (; w + kRows <= g_.small_w; w += kRows) tile(std::integral_constant<int, kRows>(), w);
     for (; w + 4 <= g_.small_w; w += 4) tile(std::integral_constant<int, 4>(), w);
@@ -379,31 +426,39 @@ class Backward {
 
   template <int kTaps, int kVectors>
   void DkernelGroup(const Bf16* x_row, const Bf16* pairs, int64_t j0, float* dkernel) const {
-    const int64_t in = g_.small_c;
+    const int64_t in = g_.small_c, width = g_.small_w, taps = taps_;
     const __mmask32 channels = static_cast<__mmask32>((1ull << in) - 1);
     __m512i interleave[kVectors];
+    #pragma GCC unroll 16
     for (int v = 0; v < kVectors; ++v) interleave[v] = InterleaveIndex(16 * v);
     __m512 acc[kTaps][kVectors];
+    #pragma GCC unroll 16
     for (int t = 0; t < kTaps; ++t) {
+      #pragma GCC unroll 16
       for (int v = 0; v < kVectors; ++v) acc[t][v] = _mm512_setzero_ps();
     }
-    for (int64_t wp = 0; 2 * wp < g_.small_w; ++wp) {
-      const bool odd = 2 * wp + 1 < g_.small_w;
+    for (int64_t wp = 0; 2 * wp < width; ++wp) {
+      const bool odd = 2 * wp + 1 < width;
       const __m512i a = _mm512_maskz_loadu_epi16(channels, x_row + 2 * wp * in);
       const __m512i b = _mm512_maskz_loadu_epi16(odd ? channels : 0, x_row + (2 * wp + 1) * in);
       __m512i xv[kVectors];
+      #pragma GCC unroll 16
       for (int v = 0; v < kVectors; ++v) xv[v] = _mm512_permutex2var_epi16(a, interleave[v], b);
-      const Bf16* tap_pairs = pairs + (wp * taps_ + j0) * 2;
+      const Bf16* tap_pairs = pairs + (wp * taps + j0) * 2;
+      #pragma GCC unroll 16
       for (int t = 0; t < kTaps; ++t) {
         int32_t pair;
         std::memcpy(&pair, tap_pairs + 2 * t, sizeof(pair));
         const __m512bh broadcast = (__m512bh)_mm512_set1_epi32(pair);
+        #pragma GCC unroll 16
         for (int v = 0; v < kVectors; ++v) {
           acc[t][v] = _mm512_dpbf16_ps(acc[t][v], broadcast, (__m512bh)xv[v]);
         }
       }
     }
+    #pragma GCC unroll 16
     for (int t = 0; t < kTaps; ++t) {
+      #pragma GCC unroll 16
       for (int v = 0; v < kVectors; ++v) {
         float* to = dkernel + (j0 + t) * kMaxIn + 16 * v;
         _mm512_storeu_ps(to, _mm512_add_ps(_mm512_loadu_ps(to), acc[t][v]));
