@@ -88,16 +88,16 @@ void ContributionRow(const Bf16* x_row, int64_t width, int64_t in, const PairPac
     constexpr int kTile = decltype(rows_constant)::value;
     __m512 acc[kTile][kVectors];
     const Bf16* rows[kTile];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < kTile; ++r) {
       rows[r] = x_row + (w + r) * in;
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int j = 0; j < kVectors; ++j) acc[r][j] = _mm512_setzero_ps();
     }
     AccumulatePairs<kTile, kVectors>(rows, filter.block(0), pairs, pair_stride, acc);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < kTile; ++r) {
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int j = 0; j < kVectors; ++j) {
         _mm512_storeu_ps(contrib + (w + r) * kLd + 16 * j, acc[r][j]);
       }
@@ -357,21 +357,21 @@ class Backward {
     auto tile = [&](auto rows_constant, int64_t w) {
       constexpr int kTile = decltype(rows_constant)::value;
       __m512 acc[kTile][kVectors];
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int t = 0; t < kTile; ++t) {
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int j = 0; j < kVectors; ++j) acc[t][j] = _mm512_setzero_ps();
       }
       for (int64_t kh = 0; kh < g_.kernel_h; ++kh) {
         const Bf16* starts[kTile];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int t = 0; t < kTile; ++t) starts[t] = rows[kh] + (w + t) * g_.stride_w * out_pad_;
         AccumulatePairs<kTile, kVectors>(starts, filter_.block(0) + kh * (span_ / 2) * pair_stride,
                                          span_ / 2, pair_stride, acc);
       }
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int t = 0; t < kTile; ++t) {
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int j = 0; j < kVectors; ++j) {
           _mm256_mask_storeu_epi16(dx_row + (w + t) * in + 16 * j,
                                    j + 1 == kVectors ? last : 0xFFFF,
@@ -429,12 +429,12 @@ class Backward {
     const int64_t in = g_.small_c, width = g_.small_w, taps = taps_;
     const __mmask32 channels = static_cast<__mmask32>((1ull << in) - 1);
     __m512i interleave[kVectors];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int v = 0; v < kVectors; ++v) interleave[v] = InterleaveIndex(16 * v);
     __m512 acc[kTaps][kVectors];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int t = 0; t < kTaps; ++t) {
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int v = 0; v < kVectors; ++v) acc[t][v] = _mm512_setzero_ps();
     }
     for (int64_t wp = 0; 2 * wp < width; ++wp) {
@@ -442,23 +442,23 @@ class Backward {
       const __m512i a = _mm512_maskz_loadu_epi16(channels, x_row + 2 * wp * in);
       const __m512i b = _mm512_maskz_loadu_epi16(odd ? channels : 0, x_row + (2 * wp + 1) * in);
       __m512i xv[kVectors];
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int v = 0; v < kVectors; ++v) xv[v] = _mm512_permutex2var_epi16(a, interleave[v], b);
       const Bf16* tap_pairs = pairs + (wp * taps + j0) * 2;
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int t = 0; t < kTaps; ++t) {
         int32_t pair;
         std::memcpy(&pair, tap_pairs + 2 * t, sizeof(pair));
         const __m512bh broadcast = (__m512bh)_mm512_set1_epi32(pair);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int v = 0; v < kVectors; ++v) {
           acc[t][v] = _mm512_dpbf16_ps(acc[t][v], broadcast, (__m512bh)xv[v]);
         }
       }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int t = 0; t < kTaps; ++t) {
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int v = 0; v < kVectors; ++v) {
         float* to = dkernel + (j0 + t) * kMaxIn + 16 * v;
         _mm512_storeu_ps(to, _mm512_add_ps(_mm512_loadu_ps(to), acc[t][v]));
