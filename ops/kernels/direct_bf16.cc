@@ -26,7 +26,18 @@ constexpr int64_t kChunkPixels = 512;
 // 6 pixels x 4 vectors: 24 accumulators, 4 filter vectors and a broadcast of 32 registers.
 constexpr int64_t kTileRows = 6;
 
-inline void StoreVector(float* p, __mmask16 mask, __m512 v) { _mm512_mask_storeu_ps(p, mask, v); }
+// Float outputs (z, the forward's) bypass the caches where a whole aligned vector is stored:
+// nothing reads z before the whole batch's statistics are known, by when a Cartoon block's
+// (33-67 MB) has left the caches anyway, and a cached store first reads every line it writes
+// (bench/RESULTS.md: the forward's gathers at 32 channels 0.86x the time at Cartoon dec4).
+// The bf16 outputs (dx) measured the same either way and keep plain stores.
+inline void StoreVector(float* p, __mmask16 mask, __m512 v) {
+  if (mask == 0xFFFF && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    _mm512_stream_ps(p, v);
+  } else {
+    _mm512_mask_storeu_ps(p, mask, v);
+  }
+}
 
 inline void StoreVector(Bf16* p, __mmask16 mask, __m512 v) {
   _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(v));
@@ -199,6 +210,7 @@ void DirectConv(const ConvGeometry& g, const Bf16* big, const PairPacked& filter
       GatherPixels(scratch->padded.data(), pixels, slices, filter, small, moments);
     }
   }
+  _mm_sfence();  // the streamed stores are visible before the caller's threads read them
 }
 
 // The small image padded so that every tap of every big pixel lands inside: rows before it
@@ -273,6 +285,7 @@ void DirectConvTranspose(const ConvGeometry& g, const Bf16* small, const PairPac
                    big + image * g.big_pixels() * g.big_c, moments);
     }
   }
+  _mm_sfence();  // the streamed stores are visible before the caller's threads read them
 }
 
 // --- the filter gradient: dfilter[tap * big_c + ci, co] += sum over small pixels of
