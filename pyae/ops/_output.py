@@ -24,7 +24,7 @@ MAX_AUTO_OUT_CHANNELS = 4
 # Not the generic path: its fwd+bwd ran 0.29x (Cartoon) and 0.63x (Fashion-MNIST) of TF's.
 FASTER_THAN_TF_PATHS = {
     "avx512": "the native output op beats TF's ops on the avx512 path (tf/native, fwd+bwd: "
-              "Fashion-MNIST 1.25x float32, 1.24x bfloat16; Cartoon 1.05x float32, 1.98x "
+              "Fashion-MNIST 1.25x float32, 1.90x bfloat16; Cartoon 1.05x float32, 2.53x "
               "bfloat16; forward alone 1.51-3.11x)",
     "avx2": "the native output op beats TF's ops on the avx2 path, oneDNN held to AVX2 too "
             "(tf/native, fwd+bwd: Fashion-MNIST 1.21x, Cartoon 1.19x in float32; oneDNN's "
