@@ -125,3 +125,15 @@ def batch_norm_backward(dy, x, kernel, gamma, beta, moving_mean, moving_variance
     else:
         dz = gamma * rstd * du
     return geo, dz, dgamma, dbeta
+
+
+def assert_within(actual, expected, bound, name):
+    """Every element of `actual` within its own `bound` of the float64 `expected`."""
+    actual = np.asarray(actual, np.float64)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert np.all(np.isfinite(actual)), f"{name}: not finite (an element was never written)"
+    excess = np.abs(actual - expected) - bound
+    worst = np.unravel_index(np.argmax(excess), excess.shape)
+    assert excess[worst] <= 0, (
+        f"{name}: element {worst} is off by {abs(actual - expected)[worst]:.3e}, "
+        f"beyond its bound {bound[worst]:.3e}")

@@ -36,6 +36,7 @@ import pyae.ops
 from pyae import data, models
 
 import reference
+from reference import assert_within
 from conftest import bf16_kernels_here
 from op_cases import AWKWARD, FASHION_BLOCKS, make_inputs, op_attrs, shape_id
 
@@ -72,18 +73,6 @@ def bits(values):
 def rounded(values):
     """The float64 value of each element after rounding to bf16."""
     return to_bf16(values).astype(np.float64)
-
-
-def assert_within(actual, expected, bound, name):
-    """Every element of `actual` within its own `bound` of the float64 `expected`."""
-    actual = np.asarray(actual, np.float64)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    assert np.all(np.isfinite(actual)), f"{name}: not finite (an element was never written)"
-    excess = np.abs(actual - expected) - bound
-    worst = np.unravel_index(np.argmax(excess), excess.shape)
-    assert excess[worst] <= 0, (
-        f"{name}: element {worst} is off by {abs(actual - expected)[worst]:.3e}, "
-        f"beyond its bound {bound[worst]:.3e}")
 
 
 def conv_bound(magnitude, terms):

@@ -23,6 +23,7 @@ import tensorflow as tf
 import pyae.ops
 
 from conftest import bf16_kernels_here, needs_native
+from reference import assert_within
 
 # (batch, height, width, in_channels, out_channels, stride): the models' two output layers at
 # lean sizes, and awkward ones (odd channel counts, odd spatial sizes, unequal strides).
@@ -175,16 +176,6 @@ def assert_close(actual, expected, name, rtol=F32_RTOL):
     scale = max(np.max(np.abs(expected)), 1e-6)
     error = np.max(np.abs(actual - expected)) / scale
     assert error < rtol, f"{name}: relative error {error:.2e} >= {rtol:.0e}"
-
-
-def assert_within(actual, expected, bound, name):
-    actual = np.asarray(actual, np.float64)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    assert np.all(np.isfinite(actual)), f"{name}: not finite (an element was never written)"
-    excess = np.abs(actual - expected) - bound
-    worst = np.unravel_index(np.argmax(excess), excess.shape)
-    assert excess[worst] <= 0, (f"{name}: element {worst} is off by "
-                                f"{abs(actual - expected)[worst]:.3e}, beyond {bound[worst]:.3e}")
 
 
 def strides_of(case):
